@@ -1,0 +1,1 @@
+"""hf adapter for Mixtera (built in a later issue)."""

@@ -1,0 +1,1 @@
+"""torchtitan adapter for Mixtera (built in a later issue)."""

@@ -1,0 +1,1 @@
+"""Mixtera: a data plane for foundation-model training."""

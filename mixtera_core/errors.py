@@ -1,0 +1,94 @@
+"""Errors raised by Mixtera.
+
+Every error says what went wrong, where (file, line or sample) and what to do about it,
+so that a training engineer can fix their data or call without reading our source.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class MixteraError(Exception):
+    """Base class of every error Mixtera raises on purpose."""
+
+
+class UnknownPluginError(MixteraError, LookupError):
+    """A format, parser, tokenizer, mixing algorithm or trainer adapter name is not installed."""
+
+    def __init__(self, kind: str, name: str, installed: Iterable[str]):
+        self.kind = kind
+        self.name = name
+        self.installed = sorted(installed)
+        listing = ", ".join(self.installed) if self.installed else "none"
+        super().__init__(
+            f"no {kind} plugin named {name!r} (installed: {listing}). "
+            f"Install a package that provides it (entry-point group 'mixtera') or pick an installed one."
+        )
+
+
+class UnknownFormatError(UnknownPluginError):
+    def __init__(self, name: str, installed: Iterable[str]):
+        super().__init__("format", name, installed)
+
+
+class UnknownParserError(UnknownPluginError):
+    def __init__(self, name: str, installed: Iterable[str]):
+        super().__init__("parser", name, installed)
+
+
+class DatasetLocationError(MixteraError, FileNotFoundError):
+    """A dataset location does not exist or matches no file."""
+
+
+class DatasetExistsError(MixteraError):
+    """A dataset name is registered already."""
+
+
+class UnknownDatasetError(MixteraError, LookupError):
+    """A dataset name is not registered."""
+
+
+class InvalidPropertyError(MixteraError, ValueError):
+    """A property name or type is not acceptable."""
+
+
+class MalformedRecordError(MixteraError, ValueError):
+    """A sample cannot be parsed. The message names the file and the line or sample."""
+
+    def __init__(self, path: str, where: str, reason: str, hint: str = ""):
+        self.path = path
+        self.where = where
+        self.reason = reason
+        msg = f"{path}:{where}: {reason}"
+        if hint:
+            msg += f" ({hint})"
+        super().__init__(msg)
+
+
+class CorruptFileError(MixteraError, ValueError):
+    """A file cannot be read at all (corrupt compression, broken archive, bad footer)."""
+
+    def __init__(self, path: str, reason: str):
+        self.path = path
+        super().__init__(f"{path}: {reason}. Check or re-create the file, or leave it out of the location.")
+
+
+class MissingFieldError(MixteraError, KeyError):
+    """A mapped field or column is absent from a file."""
+
+    def __init__(self, path: str, field: str, available: Iterable[str] | None = None):
+        self.path = path
+        self.field = field
+        msg = f"{path}: field {field!r} mapped by the parser is missing"
+        if available is not None:
+            msg += f" (available: {', '.join(sorted(available))})"
+        msg += ". Fix the parser mapping or the file."
+        super().__init__(msg)
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+class QueryError(MixteraError, ValueError):
+    """A query names an unknown property, an unknown operator or a value of the wrong type."""

@@ -1,0 +1,245 @@
+"""The contracts plugins implement.
+
+The core knows formats, parsers, tokenizers, mixing algorithms and trainer adapters only
+through these classes and by name (see :mod:`mixtera_core.hookspecs`). Built-ins in
+``mixtera_plugins`` implement exactly the same contracts a third-party package would.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import pyarrow as pa
+
+from .errors import InvalidPropertyError
+from .properties import PropertyType, property_type, validate_property_name
+
+ON_ERROR_CHOICES = ("fail", "skip")
+
+
+# --------------------------------------------------------------------------- parsers
+
+
+@dataclass(frozen=True)
+class FieldRef:
+    """A declarative source of one property inside a record.
+
+    ``path`` is a dotted path: ``meta.language`` is ``record["meta"]["language"]`` in a JSON
+    line, the nested column ``meta.language`` in parquet, and, in a webdataset sample, the key
+    ``language`` of its ``.json`` member (the first path element names the member).
+    """
+
+    path: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, dotted: str) -> FieldRef:
+        parts = tuple(dotted.split("."))
+        if not dotted or any(not p for p in parts):
+            raise InvalidPropertyError(f"field path {dotted!r} is empty or has an empty part")
+        return cls(parts)
+
+    def __str__(self) -> str:
+        return ".".join(self.path)
+
+
+class MetadataParser(ABC):
+    """Turns a sample (or a file's columns) into property values.
+
+    A parser declares its properties and their types up front (``schema``) so that the
+    catalog can create columns before any file is read. It provides values either
+    declaratively (``field_map`` returns property -> :class:`FieldRef`), which lets a
+    format push extraction down into a native reader (pyarrow / DuckDB), or per record
+    through ``parse``. ``file_properties`` gives values that are constant for a file
+    (for instance taken from its path).
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+
+    @property
+    @abstractmethod
+    def schema(self) -> dict[str, PropertyType]:
+        """Property name -> type, for every property this parser produces."""
+
+    def field_map(self) -> dict[str, FieldRef] | None:
+        """Record-level properties as declarative field references, or None to use ``parse``."""
+        return None
+
+    def file_properties(self, path: str) -> dict[str, Any]:
+        """Properties that are constant over one file (e.g. derived from its path)."""
+        return {}
+
+    def parse(self, record: Mapping[str, Any], path: str) -> dict[str, Any]:
+        """Record-level properties of one sample. Only called when ``field_map`` is None."""
+        raise NotImplementedError(f"parser {self.name!r} declares neither field_map() nor parse()")
+
+    def file_property_names(self) -> list[str]:
+        """Names of the properties ``file_properties`` fills; override when it returns any."""
+        return []
+
+    def record_schema(self) -> dict[str, PropertyType]:
+        """The properties a format must extract from records (everything not file-level)."""
+        fm = self.field_map()
+        if fm is not None:
+            return {p: self.schema[p] for p in fm}
+        file_level = set(self.file_property_names())
+        return {p: t for p, t in self.schema.items() if p not in file_level}
+
+
+def parse_schema(spec: Mapping[str, str | PropertyType]) -> dict[str, PropertyType]:
+    """Validate a ``{name: type}`` mapping given by a user or a plugin."""
+    out: dict[str, PropertyType] = {}
+    for name, typ in spec.items():
+        validate_property_name(name)
+        out[name] = typ if isinstance(typ, PropertyType) else property_type(typ)
+    return out
+
+
+# --------------------------------------------------------------------------- formats
+
+
+@dataclass
+class FileScan:
+    """What a format learned about one file at registration.
+
+    ``properties`` has an ``int64`` column ``sample_index`` (the position of the sample in
+    the file: line number for jsonl, row for parquet, sample for webdataset; indices of
+    skipped samples are simply absent) followed by one typed column per parser property.
+    ``read_index`` is opaque to the core: it is stored with the file and handed back to
+    :meth:`DatasetFormat.read` so that range reads can seek instead of re-scanning.
+    """
+
+    properties: pa.Table
+    skipped: int = 0
+    read_index: bytes | None = None
+
+    @property
+    def num_samples(self) -> int:
+        return self.properties.num_rows
+
+
+class DatasetFormat(ABC):
+    """A file format Mixtera can index and read without converting it."""
+
+    name: ClassVar[str]
+    #: Suffixes of the files this format owns when a directory or glob is registered.
+    suffixes: ClassVar[tuple[str, ...]] = ()
+
+    def matches(self, path: str) -> bool:
+        """True if ``path`` is a file of this format (used to filter directories and globs)."""
+        return path.endswith(self.suffixes)
+
+    @abstractmethod
+    def scan(self, path: str, parser: MetadataParser, on_error: str = "fail") -> FileScan:
+        """Enumerate the samples of ``path`` and their properties.
+
+        ``on_error="fail"`` raises :class:`~mixtera_core.errors.MalformedRecordError` naming
+        the file and line/sample; ``"skip"`` leaves the sample out and counts it.
+        A file that cannot be read at all raises :class:`~mixtera_core.errors.CorruptFileError`.
+        """
+
+    @abstractmethod
+    def read(
+        self, path: str, ranges: Sequence[tuple[int, int]], read_index: bytes | None
+    ) -> Iterator[tuple[int, Any]]:
+        """Yield ``(sample_index, record)`` for every registered sample in the half-open ranges.
+
+        Ranges are visited in the order given; indices of samples that were skipped at
+        registration are not yielded. The record is what the format calls a sample (a dict
+        for jsonl and parquet, ``{"__key__": ..., ext: bytes}`` for webdataset).
+        """
+
+
+# --------------------------------------------------------------------------- tokenizers
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """A loaded tokenizer, as the streaming path uses it (token mode)."""
+
+    vocab_size: int
+    bos_id: int | None
+    eos_id: int | None
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]: ...
+
+
+class TokenizerFactory(ABC):
+    """Loads a :class:`Tokenizer` by name, from a local path or a packaged encoding."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def load(self, source: str, **options: Any) -> Tokenizer: ...
+
+
+# --------------------------------------------------------------------------- mixing algorithms
+
+
+class MixingAlgorithm(ABC):
+    """Adapts mixture weights online from per-domain training feedback.
+
+    ``update`` receives, for one training step, the summed loss and the token (or sample)
+    count per mixture component and returns new weights or None to keep the current ones.
+    Its whole state must round-trip through ``state_dict``/``load_state_dict`` so that a
+    resumed job continues exactly.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, initial_weights: Sequence[float], **options: Any) -> None:
+        self.initial_weights = list(initial_weights)
+        self.options = options
+
+    @abstractmethod
+    def update(self, step: int, losses: Sequence[float], counts: Sequence[float]) -> list[float] | None: ...
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+# --------------------------------------------------------------------------- trainer adapters
+
+
+class TrainerAdapter(ABC):
+    """Connects a training framework (Lightning, HF Trainer, torchtitan) to a Mixtera job."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+
+    @abstractmethod
+    def build_data(self, client: Any, job_id: str, **options: Any) -> Any:
+        """Return the framework's data object (DataModule, dataset, dataloader) for a job."""
+
+
+_NAME = re.compile(r"^[a-z][a-z0-9_\-]*$")
+
+
+def check_plugin_name(kind: str, obj: Any) -> str:
+    name = getattr(obj, "name", None)
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise TypeError(f"{kind} plugin {obj!r} needs a lowercase string attribute 'name', got {name!r}")
+    return name
+
+
+__all__ = [
+    "ON_ERROR_CHOICES",
+    "DatasetFormat",
+    "FieldRef",
+    "FileScan",
+    "MetadataParser",
+    "MixingAlgorithm",
+    "Tokenizer",
+    "TokenizerFactory",
+    "TrainerAdapter",
+    "parse_schema",
+]

@@ -1,0 +1,1 @@
+"""Mixtera's built-in plugins. They use the same hooks as any third-party package."""
