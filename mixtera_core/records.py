@@ -66,8 +66,16 @@ def coerce(value: Any, ptype: PropertyType) -> Any:
     elif name == "float":
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
-    elif name == "bool" and isinstance(value, bool):
-        return value
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif name == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
     raise ValueError(f"expected {name}, got {type(value).__name__} {value!r:.80}")
 
 
@@ -93,7 +101,9 @@ class PropertyColumns:
                 out[prop] = coerce(props.get(prop), ptype)
             except ValueError as e:
                 raise MalformedRecordError(
-                    self.path, self.where(sample_index), f"property {prop!r}: {e}",
+                    self.path,
+                    self.where(sample_index),
+                    f"property {prop!r}: {e}",
                     "fix the value, declare another type in the parser options, or register with on_error='skip'",
                 ) from None
         return out
@@ -141,7 +151,8 @@ def arrow_read_schema(field_map: Mapping[str, FieldRef], schema: Mapping[str, Pr
 
     def build(node: dict[str, Any]) -> list[pa.Field]:
         return [
-            pa.field(k, pa.struct(build(v)) if isinstance(v, dict) else v, nullable=True) for k, v in node.items()
+            pa.field(k, pa.struct(build(v)) if isinstance(v, dict) else v, nullable=True)
+            for k, v in node.items()
         ]
 
     return pa.schema(build(tree))
@@ -169,7 +180,11 @@ def lift_fields(
         if not col.type.equals(target):
             if pa.types.is_null(col.type):
                 col = pa.nulls(len(col), target)
-            elif schema[prop].is_list and not pa.types.is_list(col.type) and not pa.types.is_large_list(col.type):
+            elif (
+                schema[prop].is_list
+                and not pa.types.is_list(col.type)
+                and not pa.types.is_large_list(col.type)
+            ):
                 raise ValueError(f"field {ref} holds {col.type} values, declared {schema[prop].name}")
             else:
                 col = col.cast(target)  # raises ArrowInvalid on a lossy/invalid cast

@@ -1,0 +1,213 @@
+"""The ``mixtera`` command: register, inspect and query a catalog from the shell.
+
+The catalog directory comes from ``--db DIR`` or the ``MIXTERA_DB`` environment variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import MixteraError
+
+DEFAULT_DEMO_DIR = "mixtera_demo"
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from .client import MixteraClient
+
+    db = args.db or os.environ.get("MIXTERA_DB")
+    if not db:
+        raise SystemExit("mixtera: no catalog; pass --db DIR or set MIXTERA_DB")
+    return MixteraClient.local(db)
+
+
+def _parse_options(args: argparse.Namespace) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if args.options:
+        try:
+            options.update(json.loads(args.options))
+        except json.JSONDecodeError as e:
+            raise SystemExit(f"mixtera: --options is not valid JSON: {e}") from None
+    for item in args.field or []:
+        if "=" not in item:
+            raise SystemExit(f"mixtera: --field wants PROPERTY=PATH, got {item!r}")
+        prop, path = item.split("=", 1)
+        options[prop.strip()] = path.strip()
+    return options
+
+
+def _progress_bar(total_hint: str) -> Any:
+    from tqdm import tqdm
+
+    bar: dict[str, Any] = {}
+
+    def update(path: str, done: int, total: int) -> None:
+        if "bar" not in bar:
+            bar["bar"] = tqdm(total=total, unit="file", desc=total_hint, file=sys.stderr)
+        bar["bar"].update(done - bar["bar"].n)
+        if done == total:
+            bar["bar"].close()
+
+    return update
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        report = client.register_dataset(
+            args.name,
+            args.location,
+            format=args.format,
+            parser=args.parser,
+            parser_options=_parse_options(args),
+            on_error=args.on_error,
+            replace=args.replace,
+            workers=args.workers,
+            progress=None if args.quiet else _progress_bar(f"register {args.name}"),
+        )
+        print(report)
+        for path, n in sorted(report.skipped_by_file.items()):
+            print(f"  skipped {n} in {path}")
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        datasets = client.list_datasets()
+        if args.json:
+            print(json.dumps([d.__dict__ for d in datasets], indent=2))
+        elif not datasets:
+            print("no datasets registered")
+        for d in [] if args.json else datasets:
+            skipped = f", {d.num_skipped} skipped" if d.num_skipped else ""
+            print(
+                f"{d.name}: {d.num_files} files, {d.num_samples} samples{skipped} ({d.format}, {d.parser}) {d.location}"
+            )
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        client.remove_dataset(args.name)
+        print(f"removed {args.name!r}")
+    return 0
+
+
+def cmd_properties(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        props = client.properties()
+    if args.json:
+        print(json.dumps({p: {str(k): v for k, v in vals.items()} for p, vals in props.items()}, indent=2))
+        return 0
+    for prop, values in props.items():
+        print(f"{prop}:")
+        for value, n in values.items():
+            print(f"  {value}: {n}")
+    return 0
+
+
+def _query(args: argparse.Namespace) -> Any:
+    from .query import Query, parse_condition
+
+    q = Query.for_job(args.job)
+    if args.where:
+        q = q.select(*[parse_condition(w) for w in args.where])
+    for alt in args.or_where or []:
+        q = q.select(*[parse_condition(w) for w in alt.split(" and ")])
+    return q
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    props = [p.strip() for p in args.by.split(",") if p.strip()] if args.by else None
+    with _client(args) as client:
+        print(client.explain(_query(args), properties=props))
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from .plugins import get_plugin_manager
+
+    for kind, items in get_plugin_manager().describe().items():
+        print(f"{kind}s:")
+        if not items:
+            print("  (none installed)")
+        for name, provider in items:
+            print(f"  {name:<16} from {provider}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo_run import run_demo
+
+    run_demo(args.out, db_dir=args.db, max_samples_per_domain=args.max_samples)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mixtera", description="Mixtera: index, mix and stream training data.")
+    p.add_argument("--db", help="catalog directory (default: $MIXTERA_DB)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("register", help="index a dataset (file, directory or glob)")
+    r.add_argument("name")
+    r.add_argument("location", nargs="+")
+    r.add_argument("--format", default="jsonl", help="format plugin (see `mixtera plugins`)")
+    r.add_argument("--parser", default="fields", help="metadata parser plugin")
+    r.add_argument("--options", help='parser options as JSON, e.g. \'{"language": "meta.language"}\'')
+    r.add_argument("--field", action="append", help="PROPERTY=PATH for the fields parser (repeatable)")
+    r.add_argument("--on-error", choices=["fail", "skip"], default="fail")
+    r.add_argument("--replace", action="store_true", help="re-register a dataset of the same name")
+    r.add_argument("--workers", type=int, help="parallel file scans (default: cores)")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_register)
+
+    d = sub.add_parser("datasets", help="list registered datasets")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_datasets)
+
+    rm = sub.add_parser("remove", help="remove a dataset from the catalog (files are untouched)")
+    rm.add_argument("name")
+    rm.set_defaults(func=cmd_remove)
+
+    pr = sub.add_parser("properties", help="property -> value -> sample count")
+    pr.add_argument("--json", action="store_true")
+    pr.set_defaults(func=cmd_properties)
+
+    e = sub.add_parser("explain", help="samples per component for a query")
+    e.add_argument(
+        "--where", action="append", help="condition, ANDed: 'language==python', 'license in mit,psf'"
+    )
+    e.add_argument("--or-where", action="append", help="another set of conditions (joined by ' and '), ORed")
+    e.add_argument("--by", help="comma-separated properties that define components (default: all)")
+    e.add_argument("--job", default="explain", help=argparse.SUPPRESS)
+    e.set_defaults(func=cmd_explain)
+
+    pl = sub.add_parser("plugins", help="installed formats, parsers, tokenizers, algorithms, adapters")
+    pl.set_defaults(func=cmd_plugins)
+
+    dm = sub.add_parser("demo", help="build a demo corpus from Python's own sources, register, query, read")
+    dm.add_argument(
+        "--out",
+        default=DEFAULT_DEMO_DIR,
+        help=f"where to write corpus and catalog (default: {DEFAULT_DEMO_DIR})",
+    )
+    dm.add_argument("--max-samples", type=int, default=None, help="cap per domain (default: built-in size)")
+    dm.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except MixteraError as e:
+        print(f"mixtera: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
