@@ -91,7 +91,7 @@ def test_random_index_matches_python_and_is_maximal(client, tmp_path):
         v = idx.component_values(c)
         key = (v["lang"], tuple(v["tags"]) if v["tags"] is not None else None)
         fids, starts, stops = idx.intervals(c)
-        got[key] = {(int(f), j) for f, s, e in zip(fids, starts, stops) for j in range(s, e)}
+        got[key] = {(int(f), j) for f, s, e in zip(fids, starts, stops, strict=True) for j in range(s, e)}
         # sorted and maximal: consecutive intervals of one file never touch
         order = np.lexsort((starts, fids))
         assert (order == np.arange(len(order))).all()

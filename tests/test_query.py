@@ -51,10 +51,7 @@ def loaded(client, tmp_path):
 
 def matches(dataset: str, r: dict, cond: tuple) -> bool:
     prop, op, value = cond
-    if prop == "dataset":
-        v = dataset
-    else:
-        v = r["meta"].get(prop)
+    v = dataset if prop == "dataset" else r["meta"].get(prop)
     if v is None:
         return False
     vals = v if isinstance(v, list) else [v]
