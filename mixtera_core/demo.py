@@ -215,7 +215,7 @@ def _shuffled(files: Sequence[Path], seed: int, stream: str) -> list[Path]:
 
 
 def _take(samples: Iterator[dict[str, Any]], cap: int) -> list[dict[str, Any]]:
-    out = []
+    out: list[dict[str, Any]] = []
     for s in samples:
         if len(out) >= cap:
             break
@@ -224,7 +224,7 @@ def _take(samples: Iterator[dict[str, Any]], cap: int) -> list[dict[str, Any]]:
 
 
 def _python_files(stdlib: Path) -> list[Path]:
-    out = []
+    out: list[Path] = []
     if not stdlib.is_dir():
         return out
     for dirpath, dirnames, filenames in os.walk(stdlib):

@@ -1,0 +1,699 @@
+"""JSON Lines, plain or compressed with gzip or zstd (``.jsonl``, ``.jsonl.gz``, ``.jsonl.zst``, ...).
+
+A sample is one non-blank line; its ``sample_index`` is the 0-based line number in the
+decompressed file (blank and whitespace-only lines are not samples but keep their numbers,
+so indices are stable and errors can say ``line N`` like an editor does). A line must hold
+one JSON object.
+
+**Registration** reads the decompressed stream in large blocks cut at the last newline. For
+a declarative parser (``field_map()``) each block goes through pyarrow's native JSON reader
+with an explicit schema that holds only the mapped fields, so no Python code runs per line;
+numpy finds the line starts. If pyarrow refuses a block (malformed line, a value of another
+type, ...) the block is split into smaller pieces and the pieces pyarrow still refuses go
+through the Python slow path (``json.loads`` per line), which
+coerces values exactly like a Python parser would and names the offending line, or skips it
+with ``on_error="skip"``. Python parsers always take the slow path. Metadata often holds
+``"en"`` where ``list[str]`` is declared: when the declared types fail, a block is retried
+with list properties read as their element type and wrapped into one-element lists (what
+the slow path's coercion does), so such files stay on the native path.
+
+**Read index.** Reading a range must not re-parse the file from its start. The index keeps
+
+* the decompressed byte offset of every ``stride``-th line (lines ``0, stride, 2*stride, ...``;
+  stride 32 by default): a range read seeks to the checkpoint at or before its first line and
+  splits at most ``stride - 1`` lines to get there. Storing every line would cost 8 bytes a
+  line in the catalog for no measurable gain; the offsets are delta-encoded and compressed;
+* the line numbers skipped at registration (``on_error="skip"``), so that reads never yield
+  them (blank lines are recognised while reading);
+* for compressed files, the ``(compressed offset, decompressed offset)`` of frame starts
+  (zstd frames, gzip members), at least ``min_frame_gap`` decompressed bytes apart. Files
+  written as many independent frames (by ``pzstd``, seekable-zstd writers, ``bgzip``, or
+  writers that close a frame every N documents) can then be decompressed from the frame
+  that holds the wanted line instead of from the beginning of the file. A single-frame file has one entry; a read then streams it
+  once per call, in order (callers pass the ranges of a file sorted, which makes that one
+  pass; any order is still correct, just slower);
+* the line count, the decompressed size and the file size (a file that changed since it was
+  registered is refused instead of yielding the wrong samples).
+
+The index is a versioned :mod:`~mixtera_plugins.formats._common` container (kind ``jsonl``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import threading
+import zlib
+from collections.abc import Callable, Generator, Iterator, Sequence
+from typing import Any, BinaryIO
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.json as pajson
+import zstandard
+
+from mixtera_core.errors import CorruptFileError, MalformedRecordError
+from mixtera_core.interfaces import DatasetFormat, FileScan, MetadataParser
+from mixtera_core.properties import PropertyType
+from mixtera_core.records import PropertyColumns, arrow_read_schema, lift_fields
+
+from ._common import (
+    check_on_error,
+    check_unchanged,
+    columns_to_table,
+    concat_tables,
+    make_table,
+    pack_index,
+    unpack_index,
+)
+
+INDEX_VERSION = 1
+_NEWLINE = 10
+_OPEN_BRACE = 123
+_BOM = b"\xef\xbb\xbf"
+_HINT = "fix or remove the line, or register with on_error='skip'"
+#: Output produced per zlib call (bounds memory on highly compressible gzip data).
+_GZIP_MAX_OUT = 8 << 20
+
+
+def _codec(path: str) -> str:
+    if path.endswith(".gz"):
+        return "gzip"
+    if path.endswith((".zst", ".zstd")):
+        return "zstd"
+    return "none"
+
+
+# --------------------------------------------------------------------------- decompression
+
+
+def _iter_frames(
+    f: BinaryIO,
+    codec: str,
+    path: str,
+    comp_off: int = 0,
+    dec_off: int = 0,
+    read_size: int = 1 << 20,
+    on_frame: Callable[[int, int], None] | None = None,
+) -> Iterator[bytes]:
+    """Decompressed chunks of a zstd/gzip file from the frame starting at ``comp_off``.
+
+    Concatenated frames (zstd) and members (gzip) are decompressed one after the other;
+    ``on_frame(compressed offset, decompressed offset)`` is called at the start of every
+    frame after the first. Garbage, truncation and trailing junk raise CorruptFileError.
+    """
+    if codec == "zstd":
+        # Allow the large windows of ``zstd --long=31`` (memory is only used if a frame needs it).
+        dctx = zstandard.ZstdDecompressor(max_window_size=1 << 31)
+        new: Callable[[], Any] = dctx.decompressobj
+        errors: tuple[type[BaseException], ...] = (zstandard.ZstdError,)
+    else:
+
+        def new() -> Any:
+            return zlib.decompressobj(31)
+
+        errors = (zlib.error,)
+    f.seek(comp_off)
+    obj = new()
+    fed = False  # has the current decompressor been fed any byte?
+    comp = comp_off  # compressed offset of data[0]
+    dec = dec_off
+    data = b""
+    try:
+        while True:
+            if not data:
+                data = f.read(read_size)
+                if not data:
+                    break
+            out = obj.decompress(data) if codec == "zstd" else obj.decompress(data, _GZIP_MAX_OUT)
+            fed = True
+            if out:
+                dec += len(out)
+                yield out
+            if obj.eof:
+                rest = obj.unused_data
+                comp += len(data) - len(rest)
+                data = rest or f.read(read_size)
+                obj = new()
+                fed = False
+                if not data:
+                    break
+                if codec == "gzip" and data[0] == 0:
+                    # gzip files may be padded with zeros after the last member.
+                    if data.strip(b"\0"):
+                        raise CorruptFileError(path, f"unexpected data after the gzip padding at byte {comp}")
+                    _check_zero_tail(f, path, comp)
+                    break
+                if on_frame is not None:
+                    on_frame(comp, dec)
+            elif codec == "gzip" and obj.unconsumed_tail:
+                tail = obj.unconsumed_tail
+                comp += len(data) - len(tail)
+                data = tail
+            else:
+                comp += len(data)
+                data = b""
+        if fed and codec == "gzip":
+            # zlib may hold output back when a call hit the output limit exactly.
+            out = obj.flush()
+            if out:
+                yield out
+            if obj.eof and not obj.unused_data:
+                fed = False
+    except errors as e:
+        raise CorruptFileError(path, f"corrupt {codec} data near compressed byte {comp}: {e}") from None
+    if fed:
+        raise CorruptFileError(path, f"truncated {codec} file: it ends inside a compressed frame")
+
+
+def _check_zero_tail(f: BinaryIO, path: str, pos: int) -> None:
+    while True:
+        chunk = f.read(1 << 20)
+        if not chunk:
+            return
+        if chunk.strip(b"\0"):
+            raise CorruptFileError(path, f"unexpected data after the gzip padding at byte {pos}")
+
+
+_END = object()
+
+
+def _prefetch(chunks: Iterator[bytes], depth: int = 2) -> Generator[bytes, None, None]:
+    """Run ``chunks`` (file reads + decompression, which release the GIL) in a thread, so
+    that decompressing the next block overlaps with parsing this one."""
+    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for chunk in chunks:
+                if not put(chunk):
+                    return
+            put(_END)
+        except BaseException as e:  # handed to the consumer
+            put(e)
+
+    thread = threading.Thread(target=run, name="mixtera-jsonl-read", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+class _ByteSource:
+    """Decompressed bytes of a file from any decompressed offset.
+
+    Plain files seek. Compressed files restart at the last frame at or before the target,
+    unless the stream already open is positioned between that frame and the target, in
+    which case it decompresses forward (so sorted ranges cost one pass).
+    """
+
+    def __init__(self, path: str, codec: str, frames_comp: np.ndarray, frames_dec: np.ndarray) -> None:
+        self.path = path
+        self.codec = codec
+        self.frames_comp = frames_comp
+        self.frames_dec = frames_dec
+        self.f: BinaryIO = open(path, "rb")  # noqa: SIM115 (closed by close())
+        self.pos = 0  # decompressed offset of the next byte read() returns
+        self._gen: Iterator[bytes] | None = None
+        self._head = b""  # decompressed bytes already produced but not returned yet
+
+    def close(self) -> None:
+        self.f.close()
+
+    def seek(self, target: int) -> None:
+        if self.codec == "none":
+            self.f.seek(target)
+            self.pos = target
+            return
+        k = int(np.searchsorted(self.frames_dec, target, side="right")) - 1
+        k = max(k, 0)
+        if self._gen is None or not (int(self.frames_dec[k]) <= self.pos <= target):
+            self._gen = _iter_frames(
+                self.f, self.codec, self.path, int(self.frames_comp[k]), int(self.frames_dec[k])
+            )
+            self._head = b""
+            self.pos = int(self.frames_dec[k])
+        while self.pos < target:
+            chunk = self._head or next(self._gen, b"")
+            if not chunk:
+                return  # past the end
+            self._head = b""
+            if self.pos + len(chunk) > target:
+                self._head = chunk[target - self.pos :]
+                self.pos = target
+                return
+            self.pos += len(chunk)
+
+    def read(self) -> bytes:
+        if self.codec == "none":
+            chunk = self.f.read(64 << 10)
+        elif self._head:
+            chunk, self._head = self._head, b""
+        else:
+            if self._gen is None:
+                self.seek(self.pos)
+            assert self._gen is not None
+            chunk = next(self._gen, b"")
+        self.pos += len(chunk)
+        return chunk
+
+
+class _LineCursor:
+    """Iterates lines (split at b'\\n' only) from a line start of a :class:`_ByteSource`."""
+
+    def __init__(self, src: _ByteSource) -> None:
+        self.src = src
+        self.buf = b""
+        self.i = 0
+        self.buf_off = 0  # decompressed offset of buf[0]
+        self.line = -1  # number of the line next_line() returns; -1: not positioned
+
+    def goto(self, line: int, off: int) -> None:
+        if self.line >= 0 and self.buf_off <= off <= self.buf_off + len(self.buf):
+            self.i = off - self.buf_off
+        else:
+            self.src.seek(off)
+            self.buf = b""
+            self.i = 0
+            self.buf_off = off
+        self.line = line
+
+    def next_line(self) -> bytes | None:
+        j = self.buf.find(b"\n", self.i)
+        while j < 0:
+            more = self.src.read()
+            if not more:
+                if self.i < len(self.buf):  # last line without a trailing newline
+                    raw = self.buf[self.i :]
+                    self.i = len(self.buf)
+                    self.line += 1
+                    return raw
+                return None
+            searched = len(self.buf) - self.i
+            self.buf_off += self.i
+            self.buf = self.buf[self.i :] + more
+            self.i = 0
+            j = self.buf.find(b"\n", searched)
+        raw = self.buf[self.i : j]
+        self.i = j + 1
+        self.line += 1
+        return raw
+
+
+def _loads(raw: bytes) -> Any:
+    """Parse one line; invalid UTF-8 is replaced rather than refused (one bad byte in a text
+    field does not cost the sample)."""
+    if raw.startswith(_BOM):
+        raw = raw[3:]
+    return json.loads(raw.decode("utf-8", "replace"))
+
+
+# --------------------------------------------------------------------------- scan state
+
+
+class _Scan:
+    """Per-file registration state."""
+
+    def __init__(self, fmt: JsonlFormat, path: str, parser: MetadataParser, on_error: str) -> None:
+        self.fmt = fmt
+        self.path = path
+        self.parser = parser
+        self.on_error = on_error
+        self.schema = parser.record_schema()
+        self.field_map = parser.field_map()
+        # Attempts for the native reader: the declared types, and, when list properties are
+        # declared, the same with their element type (metadata often holds "en" where
+        # ["en"] is declared); values read that way are wrapped into one-element lists.
+        self.attempts: list[tuple[pajson.ParseOptions, dict[str, PropertyType]]] = []
+        if self.field_map is not None:
+            scalar = {p: t.element for p, t in self.schema.items()}
+            for schema in (self.schema, scalar) if scalar != self.schema else (self.schema,):
+                try:
+                    read_schema = arrow_read_schema(self.field_map, schema)
+                except ValueError:
+                    break  # overlapping paths: extract in Python instead
+                opts = pajson.ParseOptions(explicit_schema=read_schema, unexpected_field_behavior="ignore")
+                self.attempts.append((opts, schema))
+        self.tables: list[pa.Table] = []
+        self.checkpoints: list[np.ndarray] = []
+        self.skipped_lines: list[int] = []
+        self.lines = 0  # lines seen so far (the number of the next line)
+        self.size = 0  # decompressed bytes seen so far
+
+    # ---- one block of whole lines
+
+    def block(self, block: memoryview) -> None:
+        """Process ``block`` (whole lines, ending with b'\\n') starting at line ``self.lines``."""
+        first_line = self.lines
+        arr = np.frombuffer(block, dtype=np.uint8)
+        ends = np.flatnonzero(arr == _NEWLINE)
+        n = len(ends)
+        starts = np.empty(n, dtype=np.int64)
+        starts[0] = 0
+        starts[1:] = ends[:-1] + 1
+        stride = self.fmt.index_stride
+        self.checkpoints.append(starts[(-first_line) % stride :: stride] + self.size)
+
+        # Every line starting with '{' is a sample; look at the few others in Python.
+        odd = np.flatnonzero(arr[starts] != _OPEN_BRACE)
+        is_sample = np.ones(n, dtype=bool)
+        # Lines pyarrow would accept but the contract refuses (``null``) or that it would report
+        # without a line number: the pieces holding them take the Python path.
+        not_object = np.zeros(n, dtype=bool)
+        for i in odd.tolist():
+            text = bytes(block[starts[i] : ends[i]]).strip()
+            if first_line + i == 0 and text.startswith(_BOM):
+                text = text[3:].strip()
+            if not text:
+                is_sample[i] = False
+            elif text[0] != _OPEN_BRACE:
+                not_object[i] = True
+
+        lines = _Lines(block, starts, ends, is_sample, not_object, first_line)
+        if not self.attempts:
+            self._slow(lines, 0, n)
+        else:
+            self._fast(lines, 0, n, depth=0)
+        self.lines += n
+        self.size += len(block)
+
+    def _fast(self, lines: _Lines, lo: int, hi: int, depth: int) -> None:
+        """pyarrow over lines [lo, hi) of the block; on refusal, split and/or fall back."""
+        sample_pos = np.flatnonzero(lines.is_sample[lo:hi]) + lo
+        if len(sample_pos) == 0:
+            return
+        cols = None
+        if not lines.not_object[lo:hi].any():
+            b0, b1 = int(lines.starts[lo]), int(lines.ends[hi - 1]) + 1
+            longest = int((lines.ends[lo:hi] - lines.starts[lo:hi]).max())
+            read_options = pajson.ReadOptions(block_size=max(self.fmt.json_chunk_size, longest + 2))
+            for k, (parse_options, schema) in enumerate(self.attempts):
+                try:
+                    table = pajson.read_json(
+                        pa.BufferReader(pa.py_buffer(lines.block[b0:b1])),
+                        read_options=read_options,
+                        parse_options=parse_options,
+                    )
+                    if table.num_rows != len(sample_pos):
+                        continue  # e.g. two objects on one line
+                    assert self.field_map is not None
+                    cols = lift_fields(table, self.field_map, schema, self.path)
+                except (pa.ArrowException, ValueError):
+                    continue
+                if schema is not self.schema:
+                    cols = {p: _one_element_lists(c, self.schema[p]) for p, c in cols.items()}
+                if k:  # try what worked first next time
+                    self.attempts.insert(0, self.attempts.pop(k))
+                break
+        if cols is None:
+            pieces = self.fmt.fallback_pieces
+            if depth == 0 and hi - lo >= 4 * pieces:
+                bounds = np.linspace(lo, hi, pieces + 1).astype(np.int64).tolist()
+                for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+                    if b > a:
+                        self._fast(lines, a, b, depth + 1)
+            else:
+                self._slow(lines, lo, hi)
+            return
+        self.tables.append(make_table(sample_pos + lines.first_line, cols, self.schema))
+
+    def _slow(self, lines: _Lines, lo: int, hi: int) -> None:
+        """json.loads per line over lines [lo, hi): exact coercion, exact error locations."""
+        cols = PropertyColumns(self.schema, self.path, unit="line")
+        parser, path = self.parser, self.path
+        b0 = int(lines.starts[lo])
+        chunk = bytes(lines.block[b0 : int(lines.ends[hi - 1]) + 1])
+        st = (lines.starts[lo:hi] - b0).tolist()
+        en = (lines.ends[lo:hi] - b0).tolist()
+        for i in np.flatnonzero(lines.is_sample[lo:hi]).tolist():
+            line = lines.first_line + lo + i
+            try:
+                record = _loads(chunk[st[i] : en[i]])
+            except (ValueError, RecursionError) as e:
+                err = MalformedRecordError(path, cols.where(line), f"invalid JSON: {e}", _HINT)
+            else:
+                if not isinstance(record, dict):
+                    err = MalformedRecordError(
+                        path, cols.where(line), f"expected a JSON object, got {type(record).__name__}", _HINT
+                    )
+                else:
+                    try:
+                        cols.add_record(line, record, parser)
+                        continue
+                    except MalformedRecordError as e:
+                        err = e
+                    except Exception as e:  # a Python parser failing on this record
+                        err = MalformedRecordError(
+                            path,
+                            cols.where(line),
+                            f"parser {parser.name!r} failed: {type(e).__name__}: {e}",
+                            _HINT,
+                        )
+                        err.__cause__ = e
+            if self.on_error == "fail":
+                raise err
+            self.skipped_lines.append(line)
+        table = columns_to_table(cols, self.on_error, self.skipped_lines, _HINT)
+        if table is not None:
+            self.tables.append(table)
+
+
+def _one_element_lists(values: pa.Array, ptype: PropertyType) -> pa.Array:
+    """Scalars read for a list property -> one-element lists (nulls stay null)."""
+    if not ptype.is_list:
+        return values
+    offsets = pa.array(np.arange(len(values) + 1, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, values, type=ptype.arrow, mask=values.is_null())
+
+
+class _Lines:
+    """One block of whole lines and what numpy found out about them."""
+
+    __slots__ = ("block", "starts", "ends", "is_sample", "not_object", "first_line")
+
+    def __init__(
+        self,
+        block: memoryview,
+        starts: np.ndarray,
+        ends: np.ndarray,
+        is_sample: np.ndarray,
+        not_object: np.ndarray,
+        first_line: int,
+    ) -> None:
+        self.block = block
+        self.starts = starts  # offset of each line in the block
+        self.ends = ends  # offset of each line's b"\n"
+        self.is_sample = is_sample  # False for blank lines
+        self.not_object = not_object  # non-blank, but does not start with "{"
+        self.first_line = first_line  # line number of the block's first line
+
+
+# --------------------------------------------------------------------------- the format
+
+
+class JsonlFormat(DatasetFormat):
+    """JSON Lines files, plain, gzip or zstd compressed. See the module docstring."""
+
+    name = "jsonl"
+    suffixes = (
+        ".jsonl",
+        ".jsonl.gz",
+        ".jsonl.zst",
+        ".jsonl.zstd",
+        ".ndjson",
+        ".ndjson.gz",
+        ".ndjson.zst",
+        ".ndjson.zstd",
+        # Common names for JSON Lines in published corpora (C4, Dolma, ...).
+        ".json.gz",
+        ".json.zst",
+        ".json.zstd",
+    )
+
+    def __init__(
+        self,
+        block_size: int = 16 << 20,
+        index_stride: int = 32,
+        min_frame_gap: int = 1 << 20,
+        json_chunk_size: int = 1 << 20,
+        fallback_pieces: int = 16,
+    ) -> None:
+        """
+        Args:
+            block_size: bytes read at once during registration (plain files; compressed files
+                are read block_size/4 compressed bytes at a time, about block_size or more
+                decompressed). Each block's whole lines go to pyarrow in one call.
+            index_stride: one offset checkpoint every this many lines in the read index.
+            min_frame_gap: frame starts of compressed files are indexed at least this many
+                decompressed bytes apart (0 indexes every frame).
+            json_chunk_size: pyarrow's JSON chunk (its unit of parallelism).
+            fallback_pieces: a block pyarrow refuses is retried in this many pieces before the
+                refused pieces take the Python path.
+        """
+        if block_size < 1 or index_stride < 1 or min_frame_gap < 0 or fallback_pieces < 1:
+            raise ValueError("block_size, index_stride and fallback_pieces must be positive")
+        self.block_size = block_size
+        self.index_stride = index_stride
+        self.min_frame_gap = min_frame_gap
+        self.json_chunk_size = json_chunk_size
+        self.fallback_pieces = fallback_pieces
+
+    def __repr__(self) -> str:
+        return f"JsonlFormat(block_size={self.block_size}, index_stride={self.index_stride})"
+
+    # ---- registration
+
+    def scan(self, path: str, parser: MetadataParser, on_error: str = "fail") -> FileScan:
+        check_on_error(on_error)
+        codec = _codec(path)
+        st = _Scan(self, path, parser, on_error)
+        frames: list[tuple[int, int]] = [(0, 0)]
+
+        def on_frame(comp: int, dec: int) -> None:
+            if dec - frames[-1][1] >= self.min_frame_gap and dec > frames[-1][1]:
+                frames.append((comp, dec))
+
+        with contextlib.ExitStack() as stack:
+            f = stack.enter_context(open(path, "rb"))
+            file_size = os.fstat(f.fileno()).st_size
+            if codec == "none":
+                chunks: Iterator[bytes] = iter(lambda: f.read(self.block_size), b"")
+            else:
+                # Text compresses 3-10x: compressed reads of block_size/4 give blocks of about
+                # block_size or more, decompressed straight into one buffer each.
+                read_size = max(1024, self.block_size // 4)
+                chunks = _iter_frames(f, codec, path, read_size=read_size, on_frame=on_frame)
+            # Whole lines of each decompressed chunk go to block() without being copied; only
+            # the line that straddles two chunks is assembled (and processed on its own).
+            carry: list[bytes] = []
+            prefetched = _prefetch(chunks)
+            stack.callback(prefetched.close)  # stop the reader thread before closing the file
+            for chunk in prefetched:
+                start = 0
+                if carry:
+                    j = chunk.find(b"\n")
+                    if j < 0:  # a line longer than a chunk
+                        carry.append(chunk)
+                        continue
+                    carry.append(chunk[: j + 1])
+                    st.block(memoryview(b"".join(carry)))
+                    carry = []
+                    start = j + 1
+                cut = chunk.rfind(b"\n") + 1
+                if cut > start:
+                    st.block(memoryview(chunk)[start:cut])
+                else:
+                    cut = start
+                if cut < len(chunk):
+                    carry.append(chunk[cut:])
+            if carry:  # a last line without a trailing newline
+                st.block(memoryview(b"".join(carry) + b"\n"))
+                st.size -= 1
+
+        offsets = np.concatenate(st.checkpoints) if st.checkpoints else np.zeros(0, dtype=np.int64)
+        fr = np.asarray(frames, dtype=np.int64).reshape(-1, 2)
+        index = pack_index(
+            "jsonl",
+            INDEX_VERSION,
+            {
+                "codec": codec,
+                "stride": self.index_stride,
+                "lines": st.lines,
+                "size": st.size,
+                "file_size": file_size,
+            },
+            {
+                "offsets_delta": np.diff(offsets, prepend=0) if len(offsets) else offsets,
+                "skipped": np.sort(np.asarray(st.skipped_lines, dtype=np.int64)),
+                "frames_comp": fr[:, 0],
+                "frames_dec": fr[:, 1],
+            },
+        )
+        return FileScan(concat_tables(st.tables, st.schema), len(st.skipped_lines), index)
+
+    # ---- streaming
+
+    def read(
+        self, path: str, ranges: Sequence[tuple[int, int]], read_index: bytes | None
+    ) -> Iterator[tuple[int, Any]]:
+        codec = _codec(path)
+        if read_index is None:  # no index: stream from the start
+            stride, lines = 1 << 62, None
+            offsets = np.zeros(1, dtype=np.int64)
+            skipped: frozenset[int] = frozenset()
+            frames_comp = frames_dec = np.zeros(1, dtype=np.int64)
+        else:
+            header, arrays = unpack_index(read_index, "jsonl", INDEX_VERSION)
+            meta = header["meta"]
+            stride, lines = int(meta["stride"]), int(meta["lines"])
+            offsets = np.cumsum(arrays["offsets_delta"])
+            skipped = frozenset(arrays["skipped"].tolist())
+            frames_comp, frames_dec = arrays["frames_comp"], arrays["frames_dec"]
+            check_unchanged(path, meta["file_size"])
+        return self._read(path, codec, ranges, stride, lines, offsets, skipped, frames_comp, frames_dec)
+
+    def _read(
+        self,
+        path: str,
+        codec: str,
+        ranges: Sequence[tuple[int, int]],
+        stride: int,
+        lines: int | None,
+        offsets: np.ndarray,
+        skipped: frozenset[int],
+        frames_comp: np.ndarray,
+        frames_dec: np.ndarray,
+    ) -> Iterator[tuple[int, Any]]:
+        src = _ByteSource(path, codec, frames_comp, frames_dec)
+        cur = _LineCursor(src)
+        try:
+            for a, b in ranges:
+                a = max(int(a), 0)
+                b = int(b) if lines is None else min(int(b), lines)
+                if a >= b:
+                    continue
+                k = min(a // stride, len(offsets) - 1)
+                if not (k * stride <= cur.line <= a):
+                    cur.goto(k * stride, int(offsets[k]))
+                while cur.line < a:
+                    if cur.next_line() is None:
+                        break
+                while cur.line < b:
+                    line = cur.line
+                    raw = cur.next_line()
+                    if raw is None:
+                        break
+                    if line in skipped or (raw[:1] != b"{" and not raw.strip()):
+                        continue
+                    try:
+                        record = _loads(raw)
+                    except ValueError as e:
+                        raise MalformedRecordError(
+                            path,
+                            f"line {line + 1}",
+                            f"invalid JSON: {e}",
+                            "the file changed since registration?",
+                        ) from None
+                    yield line, record
+        finally:
+            src.close()
