@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 
 from conftest import write_jsonl
 
@@ -94,3 +95,9 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "registered 'code'" in out and "[jsonl]" in out and "[parquet]" in out and "[webdataset]" in out
     assert "language=python" in out and "first sample of each component" in out
+
+
+def test_package_layout_is_importable_as_documented(tmp_path):
+    # run outside the repository so only the installed distribution can satisfy the imports
+    code = "import mixtera_core, mixtera_plugins.formats, mixtera_integrations.lightning, mixtera_integrations.hf"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
