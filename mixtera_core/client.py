@@ -15,9 +15,12 @@ from typing import Any
 
 from .catalog import Catalog, DatasetInfo, ProgressCallback, RegistrationReport
 from .index import ChunkerIndex, build_chunker_index
+from .job import Job, JobError, JobSpec, build_job, make_spec
+from .mixture import DynamicMixture, InferringMixture, Mixture, ScheduleMixture
 from .plugins import PluginManager, get_plugin_manager
 from .query import Query
 from .reading import SampleReader
+from .streaming import JobStream, calibrate_tokens
 
 Location = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 
@@ -104,6 +107,40 @@ class MixteraClient(ABC):
     ) -> list[tuple[str, Any]]:
         """The first ``n`` samples of each component, as (component key, record)."""
 
+    @abstractmethod
+    def execute(self, query: Query, mixture: Mixture | dict[str, float] | None = None, **options: Any) -> str:
+        """Register a job: ``query`` mixed by ``mixture`` (None: natural proportions).
+
+        Options: ``chunk_size``, ``seed``, ``dp_groups``, ``nodes_per_group``, ``num_workers``,
+        ``on_exhausted`` ("stop" | "redistribute" | "repeat"), ``block_size``, ``text_field``;
+        token mode: ``tokenizer=(plugin, source)``, ``tokenizer_options``, ``seq_len``,
+        ``add_bos``, ``add_eos``; schedules: ``samples_per_step``. Returns the job id (the
+        query's). Executing the same spec again is a no-op; another spec under the same
+        id is an error.
+        """
+
+    @abstractmethod
+    def stream(
+        self, job_id: str, dp_group: int = 0, node: int = 0, worker: int = 0, **options: Any
+    ) -> JobStream:
+        """The stream of one (dp_group, node, worker); iterate it, checkpoint it with ``state_dict()``."""
+
+    @abstractmethod
+    def checkpoint(self, job_id: str) -> dict[str, Any]:
+        """The job-level state (spec, catalog version, mixture log, algorithm state)."""
+
+    @abstractmethod
+    def restore(self, job_id: str, state: dict[str, Any]) -> None:
+        """Re-create a job from ``checkpoint()`` output, e.g. in a fresh process."""
+
+    @abstractmethod
+    def feedback(self, job_id: str, step: int, losses: Sequence[float], counts: Sequence[float]) -> None:
+        """Per-key loss sums and token counts of one training step (dynamic mixtures)."""
+
+    @abstractmethod
+    def report_step(self, job_id: str, step: int) -> None:
+        """The training step reached (schedules without ``samples_per_step``)."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (database handles, connections)."""
 
@@ -120,6 +157,9 @@ class LocalMixteraClient(MixteraClient):
     def __init__(self, db_dir: str | os.PathLike[str], plugins: PluginManager | None = None) -> None:
         self.plugins = plugins or get_plugin_manager()
         self.catalog = Catalog(db_dir)
+        self._jobs: dict[str, Job] = {}
+        self._algorithms: dict[str, Any] = {}
+        self._streams: dict[str, list[JobStream]] = {}
 
     def register_dataset(
         self,
@@ -201,6 +241,132 @@ class LocalMixteraClient(MixteraClient):
                 if taken >= n:
                     break
         return out
+
+    # ------------------------------------------------------------------ jobs
+
+    def _job_dir(self, job_id: str) -> str:
+        return os.path.join(self.catalog.db_dir, "jobs", job_id)
+
+    def execute(self, query: Query, mixture: Mixture | dict[str, float] | None = None, **options: Any) -> str:
+        spec = make_spec(query, mixture, **options)
+        existing = self._find_job(spec.job_id)
+        if existing is not None:
+            if existing.spec != spec:
+                raise JobError(
+                    f"job id {spec.job_id!r} exists with another spec; use a new job id (Query.for_job(...)) "
+                    f"or the same spec to attach to it"
+                )
+            return spec.job_id
+        self._jobs[spec.job_id] = self._build(spec)
+        return spec.job_id
+
+    def _build(self, spec: JobSpec) -> Job:
+        job = build_job(self.catalog, spec)
+        mixture = job.mixture
+        if spec.token_mode:
+            job.tokens_per_sample = calibrate_tokens(job, self.plugins)
+            if isinstance(mixture, InferringMixture):
+                # natural proportions *in tokens*
+                natural = job.index.component_sizes() * job.tokens_per_sample
+                job.log.entries[0] = (0, natural / natural.sum())
+        if isinstance(mixture, DynamicMixture):
+            cls = self.plugins.mixing_algorithm(mixture.algorithm)
+            self._algorithms[spec.job_id] = cls(list(job.resolved.key_weights), **mixture.options)
+        job.save(self._job_dir(spec.job_id))
+        return job
+
+    def _find_job(self, job_id: str) -> Job | None:
+        if job_id in self._jobs:
+            return self._jobs[job_id]
+        directory = self._job_dir(job_id)
+        if os.path.exists(os.path.join(directory, "job.json")):
+            job = Job.load(directory)
+            self._jobs[job_id] = job
+            mixture = job.mixture
+            if isinstance(mixture, DynamicMixture) and job_id not in self._algorithms:
+                cls = self.plugins.mixing_algorithm(mixture.algorithm)
+                self._algorithms[job_id] = cls(list(job.resolved.key_weights), **mixture.options)
+            return job
+        return None
+
+    def job(self, job_id: str) -> Job:
+        job = self._find_job(job_id)
+        if job is None:
+            raise JobError(f"no job {job_id!r}; create it with execute()")
+        return job
+
+    def stream(
+        self, job_id: str, dp_group: int = 0, node: int = 0, worker: int = 0, **options: Any
+    ) -> JobStream:
+        state = options.pop("state", None)
+        s = JobStream(self.job(job_id), dp_group, node, worker, plugins=self.plugins, **options)
+        if state is not None:
+            s.load_state_dict(state)
+        self._streams.setdefault(job_id, []).append(s)
+        return s
+
+    def _horizon(self, job_id: str) -> int:
+        """First chunk no stream of this process has planned yet: where a change can take effect."""
+        streams = self._streams.get(job_id, [])
+        planned = [s.planned_up_to for s in streams]
+        return max(planned, default=0)
+
+    def checkpoint(self, job_id: str) -> dict[str, Any]:
+        job = self.job(job_id)
+        algo = self._algorithms.get(job_id)
+        return {
+            "spec": job.spec.to_json(),
+            "catalog_version": job.catalog_version,
+            "log": job.log.to_json(),
+            "changes": list(job.changes),
+            "algorithm": None if algo is None else algo.state_dict(),
+            "last_step": getattr(job, "last_step", None),
+        }
+
+    def restore(self, job_id: str, state: dict[str, Any]) -> None:
+        from .chunking import WeightsLog
+
+        spec = JobSpec.from_json(state["spec"])
+        if spec.job_id != job_id:
+            raise JobError(f"checkpoint is for job {spec.job_id!r}, not {job_id!r}")
+        if self.catalog.version != state["catalog_version"] and self._find_job(job_id) is None:
+            raise JobError(
+                f"the catalog changed since job {job_id!r} was checkpointed (version {state['catalog_version']}, "
+                f"now {self.catalog.version}); restore into the catalog the job ran on"
+            )
+        job = self._find_job(job_id)
+        if job is None:
+            job = self._jobs[job_id] = self._build(spec)
+        elif job.spec != spec:
+            raise JobError(f"job {job_id!r} exists with another spec than the checkpoint's")
+        job.log = WeightsLog.from_json(state["log"])
+        job.changes = list(state.get("changes", []))
+        if state.get("algorithm") is not None:
+            self._algorithms[job_id].load_state_dict(state["algorithm"])
+        job.save(self._job_dir(job_id))
+
+    def feedback(self, job_id: str, step: int, losses: Sequence[float], counts: Sequence[float]) -> None:
+        job = self.job(job_id)
+        algo = self._algorithms.get(job_id)
+        if algo is None:
+            raise JobError(f"job {job_id!r} has no dynamic mixture; feedback needs DynamicMixture(...)")
+        weights = algo.update(step, losses, counts)
+        if weights is not None:
+            job.set_key_weights(self._horizon(job_id), weights, step, f"{algo.name} update")
+
+    def report_step(self, job_id: str, step: int) -> None:
+        job = self.job(job_id)
+        mixture = job.mixture
+        previous = getattr(job, "last_step", None)
+        job.last_step = step  # type: ignore[attr-defined]
+        if not isinstance(mixture, ScheduleMixture) or job.spec.samples_per_step:
+            return
+        for switch in mixture.switch_steps():
+            if (previous is None or previous < switch) and step >= switch:
+                new = mixture.mixture_at(step).resolve(job.component_keys, job.index.component_sizes(), step)
+                job.set_component_weights(
+                    self._horizon(job_id), new.weights, step, f"schedule switch at step {switch}"
+                )
 
     def close(self) -> None:
         self.catalog.close()

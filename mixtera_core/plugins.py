@@ -25,6 +25,8 @@ from .interfaces import (
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "mixtera_plugins.formats",
     "mixtera_plugins.parsers",
+    "mixtera_plugins.tokenizers",
+    "mixtera_plugins.mixing",
 )
 
 KINDS: dict[str, str] = {

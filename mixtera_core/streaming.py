@@ -1,0 +1,392 @@
+"""Streaming a job to one (dp_group, node, worker): chunks -> samples or packed token sequences.
+
+**Assignment** (never arrival order): chunk ``i`` belongs to dp_group ``i mod G``; every
+node of a group gets the same chunks; worker ``w`` of a node takes its group's chunks
+``w, w + W, w + 2W, ...``. Each stream runs its own planner replica and skips (cursor
+arithmetic only) the chunks of the others.
+
+**Position.** A stream's state is the position of the first sample (token mode: token)
+not yet handed out — ``(chunk index, sample in chunk, token offset)`` — plus the planner
+state right before that chunk. Restoring regenerates that one chunk and continues: no
+replay from the start, and the state's size does not grow with the steps trained.
+
+**Token mode** tokenizes each sample (optional BOS/EOS), appends the tokens to a running
+buffer that carries over chunk boundaries, and cuts ``seq_len + 1`` token sequences
+(``input_ids = seq[:-1]``, ``labels = seq[1:]``), each with the key id of every token.
+Mixture weights hold in tokens because the planner weights components by their measured
+tokens per sample (see :func:`calibrate_tokens`).
+
+Reading and tokenizing run in a background thread that keeps ``prefetch`` chunks ready.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .chunking import Chunk, ChunkPlanner
+from .errors import MixteraError
+from .interfaces import FieldRef, Tokenizer
+from .job import Job, TokenizerSpec
+from .plugins import PluginManager, get_plugin_manager
+from .records import extract
+
+_TOKENIZERS: dict[str, Tokenizer] = {}
+_TOKENIZER_LOCK = threading.Lock()
+
+
+def load_tokenizer(spec: TokenizerSpec, plugins: PluginManager | None = None) -> Tokenizer:
+    """The tokenizer of a spec, loaded once per process and reused for every chunk."""
+    key = json.dumps([spec.name, spec.source, spec.options], sort_keys=True)
+    with _TOKENIZER_LOCK:
+        if key not in _TOKENIZERS:
+            factory = (plugins or get_plugin_manager()).tokenizer_factory(spec.name)
+            _TOKENIZERS[key] = factory.load(spec.source, **spec.options)
+        return _TOKENIZERS[key]
+
+
+@dataclass
+class StreamSample:
+    """One sample in sample mode: its mixture key, key id, and the text or record."""
+
+    key: str
+    key_id: int
+    data: Any
+
+
+@dataclass
+class TokenSequence:
+    """``seq_len + 1`` tokens and the key id of each (``-1`` never occurs: every token has a key)."""
+
+    tokens: np.ndarray
+    key_ids: np.ndarray
+
+
+class _FileReaders:
+    """Reads sample ranges of the job's files through their format plugins."""
+
+    def __init__(self, job: Job, plugins: PluginManager) -> None:
+        self.job = job
+        self.plugins = plugins
+
+    def read(self, file_id: int, ranges: list[tuple[int, int]]) -> Iterator[tuple[int, Any]]:
+        entry = self.job.files[file_id]
+        yield from self.plugins.format(entry.format).read(entry.path, ranges, entry.read_index)
+
+
+def chunk_records(job: Job, chunk: Chunk, readers: _FileReaders) -> list[tuple[int, int, int, Any]]:
+    """The chunk's samples as (component, file_id, sample_index, record) in interleave order."""
+    comps, files, idx = chunk.interleaved(job.spec.seed)
+    records: dict[tuple[int, int], Any] = {}
+    order = np.lexsort((chunk.starts, chunk.file_ids))
+    by_file: dict[int, list[tuple[int, int]]] = {}
+    for j in order:
+        by_file.setdefault(int(chunk.file_ids[j]), []).append((int(chunk.starts[j]), int(chunk.stops[j])))
+    for fid, ranges in by_file.items():
+        for sample_index, record in readers.read(fid, _merge(ranges)):
+            records[(fid, sample_index)] = record
+    out = []
+    for c, f, i in zip(comps.tolist(), files.tolist(), idx.tolist(), strict=True):
+        try:
+            out.append((c, f, i, records[(f, i)]))
+        except KeyError:
+            raise MixteraError(
+                f"{job.files[f].path}: sample {i} is in the catalog but the format did not return it; "
+                f"the file may have changed since registration (re-register the dataset)"
+            ) from None
+    return out
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for s, e in ranges:
+        if out and s <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], e))
+        else:
+            out.append((s, e))
+    return out
+
+
+def record_text(record: Any, text_field: str, where: str) -> str:
+    """The text of a record: ``text_field`` (dotted path), else a webdataset ``txt`` member."""
+    value = extract(record, FieldRef.parse(text_field)) if isinstance(record, dict) else None
+    if value is None and isinstance(record, dict) and "txt" in record and text_field == "text":
+        value = record["txt"]
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    if not isinstance(value, str):
+        raise MixteraError(
+            f"{where}: the sample has no text field {text_field!r}; pass text_field= to execute()"
+        )
+    return value
+
+
+def calibrate_tokens(job: Job, plugins: PluginManager | None = None) -> np.ndarray:
+    """Mean tokens per sample of each component, from the first samples of its epoch-0 order.
+
+    Deterministic (the same samples every time) and stored with the job, so that every
+    stream plans with the same numbers. ``token_estimate_samples`` trades start-up time
+    for accuracy of the token shares.
+    """
+    plugins = plugins or get_plugin_manager()
+    assert job.spec.tokenizer is not None
+    tok = load_tokenizer(job.spec.tokenizer, plugins)
+    extra = int(job.spec.add_bos and tok.bos_id is not None) + int(
+        job.spec.add_eos and tok.eos_id is not None
+    )
+    orders = job.orders()
+    readers = _FileReaders(job, plugins)
+    out = np.zeros(job.index.num_components, dtype=np.float64)
+    for c in range(job.index.num_components):
+        n = int(min(job.spec.token_estimate_samples, orders.sizes[c]))
+        fids, starts, stops = orders.take(c, 0, 0, n)
+        texts = []
+        for f, s, e in zip(fids.tolist(), starts.tolist(), stops.tolist(), strict=True):
+            for i, rec in readers.read(f, [(s, e)]):
+                texts.append(record_text(rec, job.spec.text_field, f"{job.files[f].path}:{i}"))
+        lengths = [len(t) for t in tok.encode_batch(texts)] if texts else [0]
+        out[c] = max(float(np.mean(lengths)) + extra, 1.0)
+    return out
+
+
+@dataclass
+class _Prepared:
+    index: int  # global chunk index
+    own: int  # position among this stream's chunks
+    snapshot: dict[str, Any]  # planner state before this chunk
+    items: list[tuple[int, Any]]  # (key id, text/record or token array)
+
+
+class JobStream:
+    """An iterator over one stream of a job, with ``state_dict()`` / ``load_state_dict()``.
+
+    ``output`` (sample mode): ``"text"`` yields the text, ``"record"`` the whole record (for
+    webdataset a dict of members as bytes; ``decode="pil"``/``"rgb8"``/... decodes image members
+    with webdataset's decoders).
+    """
+
+    def __init__(
+        self,
+        job: Job,
+        dp_group: int = 0,
+        node: int = 0,
+        worker: int = 0,
+        *,
+        plugins: PluginManager | None = None,
+        prefetch: int = 2,
+        output: str = "text",
+        decode: str | None = None,
+    ) -> None:
+        spec = job.spec
+        for name, v, n in (
+            ("dp_group", dp_group, spec.dp_groups),
+            ("node", node, spec.nodes_per_group),
+            ("worker", worker, spec.num_workers),
+        ):
+            if not 0 <= v < n:
+                raise MixteraError(f"{name} {v} is out of range for job {spec.job_id!r} (it has {n})")
+        if output not in ("text", "record"):
+            raise MixteraError(f"output must be 'text' or 'record', got {output!r}")
+        self.job = job
+        self.dp_group, self.node, self.worker = dp_group, node, worker
+        self.plugins = plugins or get_plugin_manager()
+        self.prefetch = max(1, prefetch)
+        self.output = output
+        self._decoder = _decoder(decode) if decode else None
+        self._key_ids = job.component_key_ids()
+        self._key_names = job.key_names
+        # position of the first unconsumed element: own chunk number, sample, token offset
+        self.planned_up_to = 0  # chunks [0, planned_up_to) have been planned by this stream's planner
+        self._start: dict[str, Any] = {"own": 0, "sample": 0, "token": 0, "snapshot": None}
+        self._position = dict(self._start)
+
+    # -------------------------------------------------------------- assignment
+
+    def global_index(self, own: int) -> int:
+        """Global chunk index of this stream's ``own``-th chunk."""
+        spec = self.job.spec
+        return self.dp_group + spec.dp_groups * (self.worker + spec.num_workers * own)
+
+    # -------------------------------------------------------------- state
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job.spec.job_id,
+            "dp_group": self.dp_group,
+            "node": self.node,
+            "worker": self.worker,
+            **{k: self._position[k] for k in ("own", "sample", "token", "snapshot")},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("job_id") != self.job.spec.job_id:
+            raise MixteraError(f"state is for job {state.get('job_id')!r}, not {self.job.spec.job_id!r}")
+        if (state["dp_group"], state["worker"]) != (self.dp_group, self.worker):
+            raise MixteraError(
+                f"state is for dp_group {state['dp_group']} worker {state['worker']}, this stream is "
+                f"dp_group {self.dp_group} worker {self.worker}; use Job-level elastic restore for a new topology"
+            )
+        self._start = {k: state[k] for k in ("own", "sample", "token", "snapshot")}
+        self._position = dict(self._start)
+
+    # -------------------------------------------------------------- producing
+
+    def _chunks(self, stop: threading.Event) -> Iterator[_Prepared]:
+        planner: ChunkPlanner = self.job.planner()
+        own = int(self._start["own"])
+        if self._start["snapshot"] is not None:
+            planner.load_state_dict(self._start["snapshot"])
+        readers = _FileReaders(self.job, self.plugins)
+        spec = self.job.spec
+        tok = load_tokenizer(spec.tokenizer, self.plugins) if spec.tokenizer is not None else None
+        while not stop.is_set():
+            target = self.global_index(own)
+            while planner.next_index < target:
+                if not planner.skip():
+                    return
+            snapshot = planner.state_dict()
+            chunk = planner.next_chunk()
+            self.planned_up_to = max(self.planned_up_to, planner.next_index)
+            if chunk is None:
+                return
+            rows = chunk_records(self.job, chunk, readers)
+            keys = [int(self._key_ids[c]) for c, _, _, _ in rows]
+            if tok is None:
+                data = [self._sample_data(rec, f, i) for _, f, i, rec in rows]
+            else:
+                texts = [
+                    record_text(rec, self.job.spec.text_field, f"{self.job.files[f].path}:{i}")
+                    for _, f, i, rec in rows
+                ]
+                data = self._tokenize(tok, texts)
+            yield _Prepared(chunk.index, own, snapshot, list(zip(keys, data, strict=True)))
+            own += 1
+
+    def _sample_data(self, record: Any, file_id: int, sample_index: int) -> Any:
+        if self.output == "text":
+            return record_text(
+                record, self.job.spec.text_field, f"{self.job.files[file_id].path}:{sample_index}"
+            )
+        if self._decoder is not None:
+            return self._decoder(record)
+        return record
+
+    def _tokenize(self, tok: Tokenizer, texts: list[str]) -> list[np.ndarray]:
+        spec = self.job.spec
+        bos = [tok.bos_id] if spec.add_bos and tok.bos_id is not None else []
+        eos = [tok.eos_id] if spec.add_eos and tok.eos_id is not None else []
+        return [np.asarray(bos + ids + eos, dtype=np.int64) for ids in tok.encode_batch(texts)]
+
+    def _prefetched(self) -> Iterator[_Prepared]:
+        """Chunks from a background thread, at most ``prefetch`` ahead."""
+        q: queue.Queue[Any] = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+        done = object()
+
+        def work() -> None:
+            try:
+                for prepared in self._chunks(stop):
+                    while not stop.is_set():
+                        try:
+                            q.put(prepared, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+            except BaseException as e:  # forwarded to the consumer
+                q.put(e)
+                return
+            q.put(done)
+
+        thread = threading.Thread(target=work, name=f"mixtera-prefetch-{self.job.spec.job_id}", daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = q.get()
+                if item is done:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            while thread.is_alive():
+                try:
+                    q.get_nowait()
+                except queue.Empty:
+                    thread.join(timeout=0.05)
+
+    # -------------------------------------------------------------- consuming
+
+    def __iter__(self) -> Iterator[Any]:
+        if self.job.spec.token_mode:
+            return self._iter_tokens()
+        return self._iter_samples()
+
+    def _iter_samples(self) -> Iterator[StreamSample]:
+        first = True
+        for prep in self._prefetched():
+            start = int(self._start["sample"]) if first else 0
+            first = False
+            for s in range(start, len(prep.items)):
+                key_id, data = prep.items[s]
+                self._position = {"own": prep.own, "sample": s + 1, "token": 0, "snapshot": prep.snapshot}
+                yield StreamSample(self._key_names[key_id], key_id, data)
+
+    def _iter_tokens(self) -> Iterator[TokenSequence]:
+        length = int(self.job.spec.seq_len or 0) + 1
+        # buffered segments: [own, sample, token offset, tokens, key id, snapshot]
+        buf: deque[list[Any]] = deque()
+        buffered = 0
+        first = True
+        for prep in self._prefetched():
+            start = int(self._start["sample"]) if first else 0
+            for s in range(start, len(prep.items)):
+                key_id, tokens = prep.items[s]
+                offset = int(self._start["token"]) if first and s == start else 0
+                if offset < len(tokens):
+                    buf.append([prep.own, s, offset, tokens, key_id, prep.snapshot])
+                    buffered += len(tokens) - offset
+                while buffered >= length:
+                    seq = np.empty(length, dtype=np.int64)
+                    keys = np.empty(length, dtype=np.int64)
+                    filled = 0
+                    while filled < length:
+                        seg = buf[0]
+                        take = min(length - filled, len(seg[3]) - seg[2])
+                        seq[filled : filled + take] = seg[3][seg[2] : seg[2] + take]
+                        keys[filled : filled + take] = seg[4]
+                        filled += take
+                        seg[2] += take
+                        if seg[2] == len(seg[3]):
+                            buf.popleft()
+                    buffered -= length
+                    if buf:
+                        head = buf[0]
+                        self._position = {
+                            "own": head[0],
+                            "sample": head[1],
+                            "token": head[2],
+                            "snapshot": head[5],
+                        }
+                    else:
+                        self._position = {
+                            "own": prep.own,
+                            "sample": s + 1,
+                            "token": 0,
+                            "snapshot": prep.snapshot,
+                        }
+                    yield TokenSequence(seq, keys)
+            first = False
+
+
+def _decoder(spec: str) -> Any:
+    import webdataset
+
+    return webdataset.autodecode.Decoder([webdataset.autodecode.imagehandler(spec)])
