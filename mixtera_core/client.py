@@ -299,6 +299,9 @@ class LocalMixteraClient(MixteraClient):
         self, job_id: str, dp_group: int = 0, node: int = 0, worker: int = 0, **options: Any
     ) -> JobStream:
         state = options.pop("state", None)
+        if state is not None:
+            options.setdefault("dp_groups", state.get("dp_groups"))
+            options.setdefault("num_workers", state.get("num_workers"))
         s = JobStream(self.job(job_id), dp_group, node, worker, plugins=self.plugins, **options)
         if state is not None:
             s.load_state_dict(state)

@@ -183,12 +183,17 @@ class JobStream:
         prefetch: int = 2,
         output: str = "text",
         decode: str | None = None,
+        dp_groups: int | None = None,
+        num_workers: int | None = None,
     ) -> None:
         spec = job.spec
+        # the topology defaults to the job's; states made by reshard() carry a new one
+        self.dp_groups = spec.dp_groups if dp_groups is None else int(dp_groups)
+        self.num_workers = spec.num_workers if num_workers is None else int(num_workers)
         for name, v, n in (
-            ("dp_group", dp_group, spec.dp_groups),
+            ("dp_group", dp_group, self.dp_groups),
             ("node", node, spec.nodes_per_group),
-            ("worker", worker, spec.num_workers),
+            ("worker", worker, self.num_workers),
         ):
             if not 0 <= v < n:
                 raise MixteraError(f"{name} {v} is out of range for job {spec.job_id!r} (it has {n})")
@@ -206,13 +211,27 @@ class JobStream:
         self.planned_up_to = 0  # chunks [0, planned_up_to) have been planned by this stream's planner
         self._start: dict[str, Any] = {"own": 0, "sample": 0, "token": 0, "snapshot": None}
         self._position = dict(self._start)
+        # after an elastic restore: chunks left over by the old topology, then regular chunks from `base`
+        self._plan: dict[str, Any] | None = None
 
     # -------------------------------------------------------------- assignment
 
     def global_index(self, own: int) -> int:
         """Global chunk index of this stream's ``own``-th chunk."""
-        spec = self.job.spec
-        return self.dp_group + spec.dp_groups * (self.worker + spec.num_workers * own)
+        base = 0
+        if self._plan is not None:
+            pending = self._plan["mine"]
+            if own < len(pending):
+                return int(pending[own][0])
+            own -= len(pending)
+            base = int(self._plan["base"])
+        return base + self.dp_group + self.dp_groups * (self.worker + self.num_workers * own)
+
+    def _first_offsets(self, own: int) -> tuple[int, int]:
+        """(sample, token) where this stream starts inside its ``own``-th chunk (elastic leftovers)."""
+        if self._plan is not None and own < len(self._plan["mine"]):
+            return int(self._plan["mine"][own][1]), int(self._plan["mine"][own][2])
+        return 0, 0
 
     # -------------------------------------------------------------- state
 
@@ -222,6 +241,9 @@ class JobStream:
             "dp_group": self.dp_group,
             "node": self.node,
             "worker": self.worker,
+            "dp_groups": self.dp_groups,
+            "num_workers": self.num_workers,
+            "plan": self._plan,
             **{k: self._position[k] for k in ("own", "sample", "token", "snapshot")},
         }
 
@@ -231,8 +253,10 @@ class JobStream:
         if (state["dp_group"], state["worker"]) != (self.dp_group, self.worker):
             raise MixteraError(
                 f"state is for dp_group {state['dp_group']} worker {state['worker']}, this stream is "
-                f"dp_group {self.dp_group} worker {self.worker}; use Job-level elastic restore for a new topology"
+                f"dp_group {self.dp_group} worker {self.worker}; use reshard() for a new topology"
             )
+        self.dp_groups, self.num_workers = int(state["dp_groups"]), int(state["num_workers"])
+        self._plan = state.get("plan")
         self._start = {k: state[k] for k in ("own", "sample", "token", "snapshot")}
         self._position = dict(self._start)
 
@@ -325,6 +349,8 @@ class JobStream:
     # -------------------------------------------------------------- consuming
 
     def __iter__(self) -> Iterator[Any]:
+        # iterating again continues where the last iteration stopped
+        self._start = dict(self._position)
         if self.job.spec.token_mode:
             return self._iter_tokens()
         return self._iter_samples()
@@ -332,7 +358,7 @@ class JobStream:
     def _iter_samples(self) -> Iterator[StreamSample]:
         first = True
         for prep in self._prefetched():
-            start = int(self._start["sample"]) if first else 0
+            start = int(self._start["sample"]) if first else self._first_offsets(prep.own)[0]
             first = False
             for s in range(start, len(prep.items)):
                 key_id, data = prep.items[s]
@@ -346,10 +372,13 @@ class JobStream:
         buffered = 0
         first = True
         for prep in self._prefetched():
-            start = int(self._start["sample"]) if first else 0
+            if first:
+                start, start_token = int(self._start["sample"]), int(self._start["token"])
+            else:
+                start, start_token = self._first_offsets(prep.own)
             for s in range(start, len(prep.items)):
                 key_id, tokens = prep.items[s]
-                offset = int(self._start["token"]) if first and s == start else 0
+                offset = start_token if s == start else 0
                 if offset < len(tokens):
                     buf.append([prep.own, s, offset, tokens, key_id, prep.snapshot])
                     buffered += len(tokens) - offset
@@ -390,3 +419,73 @@ def _decoder(spec: str) -> Any:
     import webdataset
 
     return webdataset.autodecode.Decoder([webdataset.autodecode.imagehandler(spec)])
+
+
+def reshard(job: Job, states: list[dict[str, Any]], dp_groups: int, num_workers: int) -> list[dict[str, Any]]:
+    """Stream states for a new topology that continue ``states`` (one per old (dp_group, worker)).
+
+    Every sample (token) the old streams had not handed out is handed out exactly once by
+    the new streams, and nothing already handed out is repeated: the chunks left partly or
+    wholly unconsumed are listed explicitly (at most a few per old stream) and dealt
+    round-robin to the new streams; after them the regular assignment resumes from the
+    first chunk no old stream had reached. Returns states ordered by (dp_group, worker).
+    """
+    if dp_groups < 1 or num_workers < 1:
+        raise MixteraError("dp_groups and num_workers must be >= 1")
+    seen = {(int(st["dp_group"]), int(st["worker"])) for st in states}
+    old_g, old_w = int(states[0]["dp_groups"]), int(states[0]["num_workers"])
+    if seen != {(g, w) for g in range(old_g) for w in range(old_w)}:
+        raise MixteraError(
+            f"reshard needs the state of every old stream (one per dp_group and worker, {old_g}x{old_w}); "
+            f"got {sorted(seen)}"
+        )
+    olds = []
+    for st in states:
+        s = JobStream.__new__(JobStream)
+        s.job = job
+        s.dp_group, s.worker = int(st["dp_group"]), int(st["worker"])
+        s.dp_groups, s.num_workers, s._plan = old_g, old_w, st.get("plan")
+        olds.append((s, st))
+    # positions: (global chunk, sample, token, planner snapshot before it)
+    positions = []
+    for s, st in olds:
+        own = int(st["own"])
+        positions.append((s, own, s.global_index(own), int(st["sample"]), int(st["token"]), st["snapshot"]))
+    frontier = min(p[2] for p in positions)
+    # beyond every position, and beyond the leftovers an earlier reshard listed (they all precede its base)
+    horizon = max([p[2] + 1 for p in positions] + [int(st["plan"]["base"]) for st in states if st.get("plan")])
+    pending: list[tuple[int, int, int]] = []
+    for s, own, chunk, sample, token, _ in positions:
+        pending.append((chunk, sample, token))
+        k = own + 1
+        while (i := s.global_index(k)) < horizon:
+            pending.append((i, *s._first_offsets(k)))
+            k += 1
+    pending.sort()
+    # the planner state before the frontier chunk, from the stream that stands there (None: chunk 0)
+    # any planner state at or before the frontier will do (the planner skips forward): take the latest
+    usable = [p[5] for p in positions if p[5] is not None and int(p[5]["next_index"]) <= frontier]
+    snap = max(usable, key=lambda st: int(st["next_index"])) if usable else None
+    new_states = []
+    for g in range(dp_groups):
+        for w in range(num_workers):
+            sid = g + dp_groups * w
+            mine = [list(p) for j, p in enumerate(pending) if j % (dp_groups * num_workers) == sid]
+            plan = {"mine": mine, "base": horizon}
+            first_sample, first_token = (mine[0][1], mine[0][2]) if mine else (0, 0)
+            new_states.append(
+                {
+                    "job_id": job.spec.job_id,
+                    "dp_group": g,
+                    "node": 0,
+                    "worker": w,
+                    "dp_groups": dp_groups,
+                    "num_workers": num_workers,
+                    "plan": plan,
+                    "own": 0,
+                    "sample": first_sample,
+                    "token": first_token,
+                    "snapshot": snap,
+                }
+            )
+    return new_states
