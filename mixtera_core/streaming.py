@@ -185,8 +185,10 @@ class JobStream:
         decode: str | None = None,
         dp_groups: int | None = None,
         num_workers: int | None = None,
+        drop_last: bool = True,
     ) -> None:
         spec = job.spec
+        self.drop_last = drop_last
         # the topology defaults to the job's; states made by reshard() carry a new one
         self.dp_groups = spec.dp_groups if dp_groups is None else int(dp_groups)
         self.num_workers = spec.num_workers if num_workers is None else int(num_workers)
@@ -413,6 +415,13 @@ class JobStream:
                         }
                     yield TokenSequence(seq, keys)
             first = False
+        if buf and not self.drop_last:  # the stream's final, shorter sequence
+            tail = [(seg[3][seg[2] :], seg[4]) for seg in buf]
+            seq = np.concatenate([t for t, _ in tail])
+            keys = np.concatenate([np.full(len(t), k, dtype=np.int64) for t, k in tail])
+            last = buf[-1]
+            self._position = {"own": last[0], "sample": last[1] + 1, "token": 0, "snapshot": last[5]}
+            yield TokenSequence(seq, keys)
 
 
 def _decoder(spec: str) -> Any:
