@@ -121,10 +121,53 @@ def _query(args: argparse.Namespace) -> Any:
     return q
 
 
+def _mixture(items: list[str] | None) -> dict[str, float] | None:
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        key, sep, weight = item.rpartition(":")
+        if not sep:
+            raise SystemExit(f"mixtera: --mixture wants KEY:WEIGHT, e.g. 'language=python:0.5', got {item!r}")
+        try:
+            out[key] = float(weight)
+        except ValueError:
+            raise SystemExit(f"mixtera: weight {weight!r} of {key!r} is not a number") from None
+    return out
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     props = [p.strip() for p in args.by.split(",") if p.strip()] if args.by else None
+    tokenizer = None
+    if args.tokenizer:
+        name, sep, source = args.tokenizer.partition(":")
+        if not sep:
+            raise SystemExit("mixtera: --tokenizer wants PLUGIN:SOURCE, e.g. 'hf:tokenizer.json'")
+        tokenizer = (name, source)
+    mixture = _mixture(args.mixture)
     with _client(args) as client:
-        print(client.explain(_query(args), properties=props))
+        if mixture is None:
+            print(client.explain(_query(args), properties=props))
+        else:
+            print(
+                client.explain(
+                    _query(args),
+                    mixture,
+                    samples=args.samples,
+                    tokens=args.tokens,
+                    per_step=args.per_step,
+                    tokenizer=tokenizer,
+                )
+            )
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        report = client.report(args.job)
+    print(report)
+    if args.plot:
+        print(f"plot written to {report.plot(args.plot)}")
     return 0
 
 
@@ -183,8 +226,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--or-where", action="append", help="another set of conditions (joined by ' and '), ORed")
     e.add_argument("--by", help="comma-separated properties that define components (default: all)")
+    e.add_argument("--mixture", action="append", help="KEY:WEIGHT, repeatable, e.g. 'language=python:0.7'")
+    e.add_argument("--samples", type=int, help="sample budget (with --mixture): epochs per component")
+    e.add_argument("--tokens", type=int, help="token budget (with --mixture and --tokenizer)")
+    e.add_argument("--per-step", type=int, help="samples (or tokens) per training step: when each runs dry")
+    e.add_argument("--tokenizer", help="PLUGIN:SOURCE to estimate tokens, e.g. 'hf:tokenizer.json'")
     e.add_argument("--job", default="explain", help=argparse.SUPPRESS)
     e.set_defaults(func=cmd_explain)
+
+    rp = sub.add_parser("report", help="target vs delivered share per key of a job")
+    rp.add_argument("job")
+    rp.add_argument("--plot", help="also write a PNG bar chart here (needs matplotlib)")
+    rp.set_defaults(func=cmd_report)
 
     pl = sub.add_parser("plugins", help="installed formats, parsers, tokenizers, algorithms, adapters")
     pl.set_defaults(func=cmd_plugins)

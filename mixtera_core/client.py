@@ -7,11 +7,13 @@ training code does not change when it moves from one GPU to a cluster.
 
 from __future__ import annotations
 
+import json
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from .catalog import Catalog, DatasetInfo, ProgressCallback, RegistrationReport
 from .index import ChunkerIndex, build_chunker_index
@@ -20,42 +22,10 @@ from .mixture import DynamicMixture, InferringMixture, Mixture, ScheduleMixture
 from .plugins import PluginManager, get_plugin_manager
 from .query import Query
 from .reading import SampleReader
+from .report import ComponentInfo, Explanation, JobReport
 from .streaming import JobStream, calibrate_tokens
 
 Location = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
-
-
-@dataclass(frozen=True)
-class ComponentInfo:
-    key: str
-    values: dict[str, Any]
-    samples: int
-    files: int
-    intervals: int
-
-
-@dataclass
-class Explanation:
-    """What a query selects: samples per component (distinct property combination)."""
-
-    properties: list[str]
-    components: list[ComponentInfo] = field(default_factory=list)
-
-    @property
-    def total_samples(self) -> int:
-        return sum(c.samples for c in self.components)
-
-    def __str__(self) -> str:
-        if not self.components:
-            return "the query selects no samples"
-        width = max(len(c.key) for c in self.components)
-        lines = [f"{'component':<{width}}  {'samples':>10}  {'share':>7}  {'files':>6}  {'intervals':>9}"]
-        total = self.total_samples
-        for c in self.components:
-            share = c.samples / total if total else 0.0
-            lines.append(f"{c.key:<{width}}  {c.samples:>10}  {share:>7.2%}  {c.files:>6}  {c.intervals:>9}")
-        lines.append(f"{'total':<{width}}  {total:>10}")
-        return "\n".join(lines)
 
 
 class MixteraClient(ABC):
@@ -98,8 +68,31 @@ class MixteraClient(ABC):
         """property -> value -> number of samples with that value."""
 
     @abstractmethod
-    def explain(self, query: Query, properties: Sequence[str] | None = None) -> Explanation:
-        """Samples per component that ``query`` selects (components over ``properties``)."""
+    def explain(
+        self,
+        query: Query,
+        mixture: Mixture | dict[str, float] | None = None,
+        *,
+        properties: Sequence[str] | None = None,
+        samples: int | None = None,
+        tokens: int | None = None,
+        per_step: int | None = None,
+        tokenizer: tuple[str, str] | None = None,
+        tokenizer_options: dict[str, Any] | None = None,
+        token_estimate_samples: int = 512,
+    ) -> Explanation:
+        """Samples per component that ``query`` selects; with a mixture, what it asks of each.
+
+        Without a mixture, components are over ``properties`` (default: all). With one:
+        per component the requested share, with ``tokenizer=(plugin, source)`` the estimated
+        tokens, with a budget (``samples=`` or ``tokens=``) the epochs it implies, and with
+        ``per_step`` (samples or tokens per training step) the step at which one pass is
+        used up. Warns about zero-weight keys and components no key matches.
+        """
+
+    @abstractmethod
+    def report(self, job_id: str) -> JobReport:
+        """Target vs delivered share per key so far."""
 
     @abstractmethod
     def peek(
@@ -202,8 +195,70 @@ class LocalMixteraClient(MixteraClient):
     def chunker_index(self, query: Query, properties: Sequence[str] | None = None) -> ChunkerIndex:
         return build_chunker_index(self.catalog, query, properties)
 
-    def explain(self, query: Query, properties: Sequence[str] | None = None) -> Explanation:
-        index = self.chunker_index(query, properties)
+    def explain(
+        self,
+        query: Query,
+        mixture: Mixture | dict[str, float] | None = None,
+        *,
+        properties: Sequence[str] | None = None,
+        samples: int | None = None,
+        tokens: int | None = None,
+        per_step: int | None = None,
+        tokenizer: tuple[str, str] | None = None,
+        tokenizer_options: dict[str, Any] | None = None,
+        token_estimate_samples: int = 512,
+    ) -> Explanation:
+        if mixture is None:
+            if samples is not None or tokens is not None or tokenizer is not None:
+                raise JobError("a budget (samples=/tokens=) or tokenizer needs a mixture to explain")
+            return self._explain_components(self.chunker_index(query, properties))
+        if tokens is not None and tokenizer is None:
+            raise JobError("tokens= needs tokenizer= to estimate tokens per sample")
+        spec = make_spec(
+            query,
+            mixture,
+            tokenizer=tokenizer,
+            tokenizer_options=tokenizer_options,
+            seq_len=1 if tokenizer else None,
+            token_estimate_samples=token_estimate_samples,
+        )
+        job = build_job(self.catalog, spec)
+        out = self._explain_components(job.index)
+        weights = job.log.at(0)
+        tps = calibrate_tokens(job, self.plugins) if tokenizer else None
+        if tps is not None and isinstance(job.mixture, InferringMixture):
+            natural = job.index.component_sizes() * tps
+            weights = natural / natural.sum()
+        budget = tokens if tokens is not None else samples
+        out.unit = "tokens" if tokenizer else "samples"
+        names = job.key_names
+        for c, info in enumerate(out.components):
+            k = int(job.resolved.component_key[c])
+            avail = float(info.samples if tps is None else info.samples * tps[c])
+            w = float(weights[c])
+            dry = None
+            if per_step is not None:
+                dry = avail / (w * per_step) if w > 0 else float("inf")
+            out.components[c] = ComponentInfo(
+                **{
+                    **info.__dict__,
+                    "mixture_key": names[k] if k >= 0 else None,
+                    "weight": w,
+                    "tokens": None if tps is None else avail,
+                    "epochs": None if budget is None else budget * w / avail,
+                    "dry_step": dry,
+                }
+            )
+            if k < 0:
+                out.warnings.append(
+                    f"component {info.key} ({info.samples} samples) matches no key: it is left out"
+                )
+        for key, kw in zip(names, job.resolved.key_weights, strict=True):
+            if kw == 0:
+                out.warnings.append(f"key {key} has weight 0: its samples are never streamed")
+        return out
+
+    def _explain_components(self, index: ChunkerIndex) -> Explanation:
         sizes = index.component_sizes()
         out = Explanation(properties=index.properties)
         for c, key in enumerate(index.component_keys()):
@@ -218,6 +273,26 @@ class LocalMixteraClient(MixteraClient):
                 )
             )
         return out
+
+    def _delivered(self, job_id: str) -> np.ndarray:
+        """Handed out per key: earlier processes (persisted at close) plus this process's streams."""
+        job = self.job(job_id)
+        delivered = np.zeros(len(job.key_names), dtype=np.int64)
+        path = os.path.join(self._job_dir(job_id), "delivered.json")
+        if os.path.exists(path):
+            with open(path) as fh:
+                delivered += np.asarray(json.load(fh), dtype=np.int64)
+        for s in self._streams.get(job_id, []):
+            delivered += s.delivered
+        return delivered
+
+    def report(self, job_id: str) -> JobReport:
+        job = self.job(job_id)
+        unit = "tokens" if job.spec.token_mode else "samples"
+        delivered = self._delivered(job_id)
+        current = job.log.at(max(self._horizon(job_id) - 1, 0))
+        target = [float(current[job.resolved.component_key == k].sum()) for k in range(len(job.key_names))]
+        return JobReport(job_id, unit, job.key_names, target, delivered.tolist(), list(job.changes))
 
     def peek(
         self, query: Query, n: int = 3, properties: Sequence[str] | None = None
@@ -372,4 +447,10 @@ class LocalMixteraClient(MixteraClient):
                 )
 
     def close(self) -> None:
+        for job_id, streams in self._streams.items():
+            if streams:
+                total = self._delivered(job_id)
+                with open(os.path.join(self._job_dir(job_id), "delivered.json"), "w") as fh:
+                    json.dump(total.tolist(), fh)
+        self._streams.clear()
         self.catalog.close()

@@ -7,6 +7,7 @@ and reads a few samples of each component back through the format plugins.
 
 from __future__ import annotations
 
+import itertools
 import os
 import textwrap
 import time
@@ -56,4 +57,17 @@ def run_demo(out_dir: str, db_dir: str | None = None, max_samples_per_domain: in
                 text = record["txt"].decode("utf-8", "replace")
             snippet = " ".join(str(text).split())[:100]
             print(f"  [{key}] {snippet}...")
+        mixture = {"language=python": 0.4, "language=c": 0.2, "language=en": 0.4}
+        job = client.execute(
+            Query.for_job("demo-mix"), mixture, chunk_size=64, seed=0, on_exhausted="repeat", dp_groups=2
+        )
+        print(f"\njob {job!r}: mixture {mixture}, 2 data-parallel groups, chunks of 64 samples")
+        print(textwrap.indent(str(client.explain(Query.for_job("demo-mix"), mixture, samples=4000)), "  "))
+        t0 = time.perf_counter()
+        streamed = 0
+        for group in range(2):
+            streamed += sum(1 for _ in itertools.islice(client.stream(job, dp_group=group), 2000))
+        print(f"\nstreamed {streamed} samples from both groups in {time.perf_counter() - t0:.2f}s:")
+        print(textwrap.indent(str(client.report(job)), "  "))
         print(f"\nnext: `mixtera --db {db_dir} explain --where 'language==c' --by language,topics`")
+        print(f"      `mixtera --db {db_dir} report demo-mix`")

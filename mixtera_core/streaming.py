@@ -211,6 +211,7 @@ class JobStream:
         self._key_names = job.key_names
         # position of the first unconsumed element: own chunk number, sample, token offset
         self.planned_up_to = 0  # chunks [0, planned_up_to) have been planned by this stream's planner
+        self.delivered = np.zeros(len(job.key_names), dtype=np.int64)  # samples/tokens handed out per key
         self._start: dict[str, Any] = {"own": 0, "sample": 0, "token": 0, "snapshot": None}
         self._position = dict(self._start)
         # after an elastic restore: chunks left over by the old topology, then regular chunks from `base`
@@ -365,6 +366,7 @@ class JobStream:
             for s in range(start, len(prep.items)):
                 key_id, data = prep.items[s]
                 self._position = {"own": prep.own, "sample": s + 1, "token": 0, "snapshot": prep.snapshot}
+                self.delivered[key_id] += 1
                 yield StreamSample(self._key_names[key_id], key_id, data)
 
     def _iter_tokens(self) -> Iterator[TokenSequence]:
@@ -413,6 +415,7 @@ class JobStream:
                             "token": 0,
                             "snapshot": prep.snapshot,
                         }
+                    self.delivered += np.bincount(keys, minlength=len(self.delivered))
                     yield TokenSequence(seq, keys)
             first = False
         if buf and not self.drop_last:  # the stream's final, shorter sequence
@@ -462,7 +465,9 @@ def reshard(job: Job, states: list[dict[str, Any]], dp_groups: int, num_workers:
         positions.append((s, own, s.global_index(own), int(st["sample"]), int(st["token"]), st["snapshot"]))
     frontier = min(p[2] for p in positions)
     # beyond every position, and beyond the leftovers an earlier reshard listed (they all precede its base)
-    horizon = max([p[2] + 1 for p in positions] + [int(st["plan"]["base"]) for st in states if st.get("plan")])
+    horizon = max(
+        [p[2] + 1 for p in positions] + [int(st["plan"]["base"]) for st in states if st.get("plan")]
+    )
     pending: list[tuple[int, int, int]] = []
     for s, own, chunk, sample, token, _ in positions:
         pending.append((chunk, sample, token))

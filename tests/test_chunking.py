@@ -36,7 +36,10 @@ def make_index(sizes: list[int], pieces: int = 3) -> ChunkerIndex:
 def planner(sizes, weights, chunk_size, on_exhausted="repeat", seed=0, block=7):
     idx = make_index(sizes)
     return ChunkPlanner(
-        ComponentOrders(idx, seed, block), WeightsLog([(0, np.asarray(weights, float))]), chunk_size, on_exhausted
+        ComponentOrders(idx, seed, block),
+        WeightsLog([(0, np.asarray(weights, float))]),
+        chunk_size,
+        on_exhausted,
     )
 
 
@@ -46,7 +49,9 @@ def counts_of(chunk, n):
 
 @settings(max_examples=60, deadline=None)
 @given(
-    raw=st.lists(st.floats(min_value=0.0, max_value=1.0), min_size=1, max_size=6).filter(lambda w: sum(w) > 0.01),
+    raw=st.lists(st.floats(min_value=0.0, max_value=1.0), min_size=1, max_size=6).filter(
+        lambda w: sum(w) > 0.01
+    ),
     chunk_size=st.integers(min_value=1, max_value=97),
     chunks=st.integers(min_value=1, max_value=60),
 )
@@ -119,9 +124,13 @@ def test_planner_state_round_trip_and_seed_dependence():
     b.load_state_dict(a.state_dict())
     for _ in range(20):
         x, y = a.next_chunk(), b.next_chunk()
-        assert all(np.array_equal(getattr(x, f), getattr(y, f)) for f in ("comps", "file_ids", "starts", "stops"))
+        assert all(
+            np.array_equal(getattr(x, f), getattr(y, f)) for f in ("comps", "file_ids", "starts", "stops")
+        )
     c = planner([500, 300, 7], [0.5, 0.45, 0.05], 32, "repeat", seed=2)
-    assert not np.array_equal(c.next_chunk().starts, planner([500, 300, 7], [0.5, 0.45, 0.05], 32, seed=1).next_chunk().starts)
+    assert not np.array_equal(
+        c.next_chunk().starts, planner([500, 300, 7], [0.5, 0.45, 0.05], 32, seed=1).next_chunk().starts
+    )
 
 
 def test_weights_log_switches_at_chunk():

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 from conftest import write_jsonl
 
 from mixtera_core.cli import main
@@ -85,9 +86,19 @@ def test_console_script_lists_builtin_plugins():
     exe = shutil.which("mixtera")
     assert exe, "the mixtera console script is not installed (pip install -e .)"
     out = subprocess.run([exe, "plugins"], check=True, capture_output=True, text=True).stdout
-    for name in ("jsonl", "parquet", "webdataset", "fields", "slimpajama", "pile"):
+    for name in (
+        "jsonl",
+        "parquet",
+        "webdataset",
+        "fields",
+        "slimpajama",
+        "pile",
+        "hf",
+        "tiktoken",
+        "loss_weighted",
+    ):
         assert f"  {name} " in out
-    assert "tokenizers:\n  (none installed)" in out
+    assert "trainer_adapters:\n  (none installed)" in out
 
 
 def test_demo_runs_end_to_end(tmp_path, capsys):
@@ -101,3 +112,36 @@ def test_package_layout_is_importable_as_documented(tmp_path):
     # run outside the repository so only the installed distribution can satisfy the imports
     code = "import mixtera_core, mixtera_plugins.formats, mixtera_integrations.lightning, mixtera_integrations.hf"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
+
+
+def test_explain_with_mixture_and_report(tmp_path, capsys):
+    db = str(tmp_path / "db")
+    root = corpus(tmp_path)
+    assert (
+        main(["--db", db, "register", "code", str(root), "--field", "language=meta.language", "--quiet"]) == 0
+    )
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "--db",
+                db,
+                "explain",
+                "--mixture",
+                "language=python:0.6",
+                "--mixture",
+                "language=c:0.4",
+                "--samples",
+                "100",
+                "--per-step",
+                "10",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "60.00%" in out and "epochs" in out and "dry at step" in out
+    with pytest.raises(SystemExit, match="KEY:WEIGHT"):
+        main(["--db", db, "explain", "--mixture", "language=python"])
+    assert main(["--db", db, "explain", "--mixture", "language=python:0.5"]) == 1
+    assert "sum to 1" in capsys.readouterr().err

@@ -102,7 +102,9 @@ def test_hierarchical_flattens_to_products():
 def test_inferring_and_schedule():
     r = InferringMixture().resolve(COMPS, SIZES)
     assert np.allclose(r.weights, SIZES / SIZES.sum()) and len(r.keys) == 4
-    s = ScheduleMixture([(0, {"language=python": 1.0}), (100, {"language=python": 0.5, "language=c,en": 0.5})])
+    s = ScheduleMixture(
+        [(0, {"language=python": 1.0}), (100, {"language=python": 0.5, "language=c,en": 0.5})]
+    )
     assert s.resolve(COMPS, SIZES, step=99).weights[:2].sum() == 0
     assert np.isclose(s.resolve(COMPS, SIZES, step=100).weights[:2].sum(), 0.5)
     assert s.switch_steps() == [100]

@@ -22,8 +22,13 @@ LENGTHS = {"python": 60, "c": 200, "en": 15}  # words per document: very differe
 
 
 def doc(lang: str, i: int, rng: random.Random) -> dict:
-    words = " ".join(f"{lang}{rng.randint(0, 50)}" for _ in range(rng.randint(LENGTHS[lang] // 2, LENGTHS[lang])))
-    return {"text": f"{lang} doc {i}: {words}", "meta": {"language": lang, "license": rng.choice(["mit", "psf"])}}
+    words = " ".join(
+        f"{lang}{rng.randint(0, 50)}" for _ in range(rng.randint(LENGTHS[lang] // 2, LENGTHS[lang]))
+    )
+    return {
+        "text": f"{lang} doc {i}: {words}",
+        "meta": {"language": lang, "license": rng.choice(["mit", "psf"])},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +79,9 @@ def test_sample_shares_are_exact(mclient):
 
 def test_assignment_groups_nodes_workers(mclient):
     single = mclient.execute(Query.for_job("one"), WEIGHTS, chunk_size=20, seed=3)
-    multi = mclient.execute(Query.for_job("many"), WEIGHTS, chunk_size=20, seed=3, dp_groups=2, nodes_per_group=2, num_workers=3)
+    multi = mclient.execute(
+        Query.for_job("many"), WEIGHTS, chunk_size=20, seed=3, dp_groups=2, nodes_per_group=2, num_workers=3
+    )
     whole = take(mclient.stream(single))
     chunks = [whole[i : i + 20] for i in range(0, len(whole), 20)]
     for g in range(2):
@@ -86,7 +93,9 @@ def test_assignment_groups_nodes_workers(mclient):
 
 
 def test_resume_at_random_points_is_identical(mclient):
-    job = mclient.execute(Query.for_job("r"), WEIGHTS, chunk_size=33, seed=4, on_exhausted="repeat", num_workers=2)
+    job = mclient.execute(
+        Query.for_job("r"), WEIGHTS, chunk_size=33, seed=4, on_exhausted="repeat", num_workers=2
+    )
     full = take(mclient.stream(job, worker=1), 900)
     rng = random.Random(0)
     for cut in sorted(rng.sample(range(1, 880), 8)):
@@ -98,7 +107,9 @@ def test_resume_at_random_points_is_identical(mclient):
 
 
 def test_reshard_with_streams_that_never_started(mclient):
-    job = mclient.execute(Query.for_job("ns"), WEIGHTS, chunk_size=10, dp_groups=3, on_exhausted="redistribute")
+    job = mclient.execute(
+        Query.for_job("ns"), WEIGHTS, chunk_size=10, dp_groups=3, on_exhausted="redistribute"
+    )
     full = collections.Counter(x for g in range(3) for x in take(mclient.stream(job, g)))
     got: collections.Counter = collections.Counter()
     states = []
@@ -107,14 +118,16 @@ def test_reshard_with_streams_that_never_started(mclient):
         if n:
             got.update(take(s, n))
         states.append(s.state_dict())
-    for st in reshard(mclient.job(job), states, 2, 1):
-        got.update(take(mclient.stream(job, st["dp_group"], state=st)))
+    for state in reshard(mclient.job(job), states, 2, 1):
+        got.update(take(mclient.stream(job, state["dp_group"], state=state)))
     assert got == full
 
 
 def test_elastic_resume_loses_and_repeats_nothing(mclient):
     job = mclient.execute(Query.for_job("el"), WEIGHTS, chunk_size=37, seed=5, dp_groups=2, num_workers=2)
-    full = collections.Counter(x for g in range(2) for w in range(2) for x in take(mclient.stream(job, g, 0, w)))
+    full = collections.Counter(
+        x for g in range(2) for w in range(2) for x in take(mclient.stream(job, g, 0, w))
+    )
     rng = random.Random(3)
     got: collections.Counter = collections.Counter()
     states = []
@@ -141,13 +154,24 @@ def test_elastic_resume_loses_and_repeats_nothing(mclient):
 def test_redistribute_streams_everything_once(mclient):
     job = mclient.execute(Query.for_job("red"), WEIGHTS, chunk_size=40, on_exhausted="redistribute")
     items = take(mclient.stream(job))
-    assert collections.Counter(k for k, _ in items) == {"language=python": 900, "language=c": 400, "language=en": 1500}
+    assert collections.Counter(k for k, _ in items) == {
+        "language=python": 900,
+        "language=c": 400,
+        "language=en": 1500,
+    }
     assert len(set(items)) == len(items)
 
 
 def test_schedule_switches_at_the_right_step(mclient):
-    sched = ScheduleMixture([(0, {"language=python": 1.0, "language=c,en": 0.0}), (3, {"language=python": 0.0, "language=c,en": 1.0})])
-    job = mclient.execute(Query.for_job("sch"), sched, chunk_size=10, samples_per_step=20, on_exhausted="repeat")
+    sched = ScheduleMixture(
+        [
+            (0, {"language=python": 1.0, "language=c,en": 0.0}),
+            (3, {"language=python": 0.0, "language=c,en": 1.0}),
+        ]
+    )
+    job = mclient.execute(
+        Query.for_job("sch"), sched, chunk_size=10, samples_per_step=20, on_exhausted="repeat"
+    )
     keys = [k for k, _ in take(mclient.stream(job), 100)]
     assert set(keys[:60]) == {"language=python"} and set(keys[60:]) == {"language=c,en"}
     # without samples_per_step the switch happens at the first chunk planned after the report
@@ -167,7 +191,9 @@ def test_schedule_switches_at_the_right_step(mclient):
 
 
 def test_dynamic_mixture_feedback_changes_the_log(mclient):
-    dyn = DynamicMixture({"language=python": 0.4, "language=c": 0.3, "language=en": 0.3}, "loss_weighted", prior_mix=0.0)
+    dyn = DynamicMixture(
+        {"language=python": 0.4, "language=c": 0.3, "language=en": 0.3}, "loss_weighted", prior_mix=0.0
+    )
     job = mclient.execute(Query.for_job("dyn"), dyn, chunk_size=50, on_exhausted="repeat")
     s = mclient.stream(job, prefetch=1)
     take(s, 50)
@@ -238,9 +264,18 @@ def shared_client(corpus, tmp_path_factory):
 def test_resume_property_no_loss_no_duplicate(shared_client, topo, new, cuts, chunk_size):
     c = shared_client
     job_id = f"h-{topo[0]}-{topo[1]}-{chunk_size}"
-    job = c.execute(Query.for_job(job_id), WEIGHTS, chunk_size=chunk_size, seed=9, dp_groups=topo[0], num_workers=topo[1],
-                    on_exhausted="redistribute")
-    full = collections.Counter(x for g in range(topo[0]) for w in range(topo[1]) for x in take(c.stream(job, g, 0, w)))
+    job = c.execute(
+        Query.for_job(job_id),
+        WEIGHTS,
+        chunk_size=chunk_size,
+        seed=9,
+        dp_groups=topo[0],
+        num_workers=topo[1],
+        on_exhausted="redistribute",
+    )
+    full = collections.Counter(
+        x for g in range(topo[0]) for w in range(topo[1]) for x in take(c.stream(job, g, 0, w))
+    )
     got: collections.Counter = collections.Counter()
     states = []
     for i, (g, w) in enumerate((g, w) for g in range(topo[0]) for w in range(topo[1])):
@@ -251,3 +286,34 @@ def test_resume_property_no_loss_no_duplicate(shared_client, topo, new, cuts, ch
     for state in reshard(c.job(job), states, *new):
         got.update(take(c.stream(job, state["dp_group"], 0, state["worker"], state=state)))
     assert got == full
+
+
+def test_explain_with_mixture_budget_and_warnings(mclient):
+    q = Query.for_job("ex")
+    ex = mclient.explain(
+        q, {"language=python": 0.5, "language=c": 0.5, "language=en": 0.0}, samples=2000, per_step=100
+    )
+    by = {c.key: c for c in ex.components}
+    assert by["language=c"].weight == 0.5 and by["language=c"].epochs == pytest.approx(2000 * 0.5 / 400)
+    assert by["language=python"].dry_step == pytest.approx(900 / 50)
+    assert by["language=en"].dry_step == float("inf")
+    assert any("language=en has weight 0" in w for w in ex.warnings)
+    ex2 = mclient.explain(q, {"language=python": 1.0})
+    assert any("matches no key: it is left out" in w for w in ex2.warnings)
+    text = str(ex)
+    assert "epochs" in text and "dry at step" in text and "warning:" in text
+
+
+def test_report_counts_what_was_delivered_and_persists(mclient, tmp_path):
+    job = mclient.execute(Query.for_job("rep"), WEIGHTS, chunk_size=50, on_exhausted="repeat")
+    take(mclient.stream(job), 1000)
+    rep = mclient.report(job)
+    assert rep.delivered == [500, 200, 300] and rep.target == pytest.approx([0.5, 0.2, 0.3])
+    assert "language=python" in str(rep)
+    mclient.close()
+    again = MixteraClient.local(mclient.catalog.db_dir)
+    assert again.report(job).delivered == [500, 200, 300]
+    pytest.importorskip("matplotlib")
+    png = rep.plot(str(tmp_path / "r.png"))
+    with open(png, "rb") as fh:
+        assert fh.read(8) == b"\x89PNG\r\n\x1a\n"

@@ -34,8 +34,13 @@ def seqs(stream, n=None):
 
 def test_token_shares_hold_within_one_percent_over_a_million_tokens(tclient, small_bpe):
     job = tclient.execute(
-        Query.for_job("tok-fid"), WEIGHTS, chunk_size=256, seed=0, on_exhausted="repeat",
-        tokenizer=("hf", str(small_bpe)), seq_len=1024,
+        Query.for_job("tok-fid"),
+        WEIGHTS,
+        chunk_size=256,
+        seed=0,
+        on_exhausted="repeat",
+        tokenizer=("hf", str(small_bpe)),
+        seq_len=1024,
     )
     counts = np.zeros(3)
     total = 0
@@ -55,15 +60,20 @@ def test_token_shares_hold_within_one_percent_over_a_million_tokens(tclient, sma
 
 def test_packing_carries_leftovers_and_drops_nothing(tclient, small_bpe):
     job = tclient.execute(
-        Query.for_job("tok-pack"), WEIGHTS, chunk_size=20, seed=1, on_exhausted="stop",
-        tokenizer=("hf", str(small_bpe)), seq_len=64, add_bos=True, add_eos=True,
+        Query.for_job("tok-pack"),
+        WEIGHTS,
+        chunk_size=20,
+        seed=1,
+        on_exhausted="stop",
+        tokenizer=("hf", str(small_bpe)),
+        seq_len=64,
+        add_bos=True,
+        add_eos=True,
     )
     tok = load_tokenizer(tclient.job(job).spec.tokenizer)
     docs = [(s.key_id, s.data) for s in _sample_view(tclient, job)]
     expected = np.concatenate([[tok.bos_id, *tok.encode_batch([t])[0], tok.eos_id] for _, t in docs])
-    expected_keys = np.concatenate(
-        [np.full(len(tok.encode_batch([t])[0]) + 2, k) for k, t in docs]
-    )
+    expected_keys = np.concatenate([np.full(len(tok.encode_batch([t])[0]) + 2, k) for k, t in docs])
     got = seqs(tclient.stream(job, drop_last=False))
     assert all(len(t) == 65 for t, _ in got[:-1]) and 0 < len(got[-1][0]) <= 65
     assert np.array_equal(np.concatenate([t for t, _ in got]), expected)
@@ -74,8 +84,13 @@ def _sample_view(client, job_id):
     """The same job's documents in stream order, via a sample-mode twin job."""
     j = client.job(job_id).spec
     twin = client.execute(
-        Query.from_json({**j.query, "job_id": job_id + "-samples"}), WEIGHTS, chunk_size=j.chunk_size,
-        seed=j.seed, on_exhausted=j.on_exhausted, tokenizer=None, seq_len=None,
+        Query.from_json({**j.query, "job_id": job_id + "-samples"}),
+        WEIGHTS,
+        chunk_size=j.chunk_size,
+        seed=j.seed,
+        on_exhausted=j.on_exhausted,
+        tokenizer=None,
+        seq_len=None,
     )
     # the twin plans in samples, the token job in calibrated samples: compare only the same planner
     twin_job, tok_job = client.job(twin), client.job(job_id)
@@ -86,26 +101,46 @@ def _sample_view(client, job_id):
 
 def test_token_resume_at_random_points_with_workers(tclient, small_bpe):
     job = tclient.execute(
-        Query.for_job("tok-res"), WEIGHTS, chunk_size=40, seed=2, on_exhausted="repeat", num_workers=2,
-        tokenizer=("hf", str(small_bpe)), seq_len=100,
+        Query.for_job("tok-res"),
+        WEIGHTS,
+        chunk_size=40,
+        seed=2,
+        on_exhausted="repeat",
+        num_workers=2,
+        tokenizer=("hf", str(small_bpe)),
+        seq_len=100,
     )
     full = seqs(tclient.stream(job, worker=1), 300)
     for cut in sorted(random.Random(1).sample(range(1, 290), 6)):
         s = tclient.stream(job, worker=1, prefetch=2)
         seqs(s, cut)
         resumed = seqs(tclient.stream(job, worker=1, state=s.state_dict()), 300 - cut)
-        assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(resumed, full[cut:], strict=True))
+        assert all(
+            np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+            for a, b in zip(resumed, full[cut:], strict=True)
+        )
 
 
 def test_token_elastic_resume_keeps_every_token_once(tclient, small_bpe):
     job = tclient.execute(
-        Query.for_job("tok-el"), WEIGHTS, chunk_size=30, seed=3, on_exhausted="redistribute", dp_groups=2,
-        tokenizer=("hf", str(small_bpe)), seq_len=50,
+        Query.for_job("tok-el"),
+        WEIGHTS,
+        chunk_size=30,
+        seed=3,
+        on_exhausted="redistribute",
+        dp_groups=2,
+        tokenizer=("hf", str(small_bpe)),
+        seq_len=50,
     )
 
     def tokens(items):
-        return collections.Counter(zip(np.concatenate([t for t, _ in items]).tolist(),
-                                       np.concatenate([k for _, k in items]).tolist(), strict=True))
+        return collections.Counter(
+            zip(
+                np.concatenate([t for t, _ in items]).tolist(),
+                np.concatenate([k for _, k in items]).tolist(),
+                strict=True,
+            )
+        )
 
     full = tokens([x for g in range(2) for x in seqs(tclient.stream(job, g, drop_last=False))])
     got: collections.Counter = collections.Counter()
