@@ -22,7 +22,6 @@ Reading and tokenizing run in a background thread that keeps ``prefetch`` chunks
 from __future__ import annotations
 
 import json
-import queue
 import threading
 from collections import deque
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from .background import prefetch
 from .chunking import Chunk, ChunkPlanner
 from .errors import MixteraError
 from .interfaces import FieldRef, Tokenizer
@@ -265,7 +265,7 @@ class JobStream:
 
     # -------------------------------------------------------------- producing
 
-    def _chunks(self, stop: threading.Event) -> Iterator[_Prepared]:
+    def _chunks(self) -> Iterator[_Prepared]:
         planner: ChunkPlanner = self.job.planner()
         own = int(self._start["own"])
         if self._start["snapshot"] is not None:
@@ -273,7 +273,7 @@ class JobStream:
         readers = _FileReaders(self.job, self.plugins)
         spec = self.job.spec
         tok = load_tokenizer(spec.tokenizer, self.plugins) if spec.tokenizer is not None else None
-        while not stop.is_set():
+        while True:
             target = self.global_index(own)
             while planner.next_index < target:
                 if not planner.skip():
@@ -312,42 +312,8 @@ class JobStream:
         return [np.asarray(bos + ids + eos, dtype=np.int64) for ids in tok.encode_batch(texts)]
 
     def _prefetched(self) -> Iterator[_Prepared]:
-        """Chunks from a background thread, at most ``prefetch`` ahead."""
-        q: queue.Queue[Any] = queue.Queue(maxsize=self.prefetch)
-        stop = threading.Event()
-        done = object()
-
-        def work() -> None:
-            try:
-                for prepared in self._chunks(stop):
-                    while not stop.is_set():
-                        try:
-                            q.put(prepared, timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-            except BaseException as e:  # forwarded to the consumer
-                q.put(e)
-                return
-            q.put(done)
-
-        thread = threading.Thread(target=work, name=f"mixtera-prefetch-{self.job.spec.job_id}", daemon=True)
-        thread.start()
-        try:
-            while True:
-                item = q.get()
-                if item is done:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            stop.set()
-            while thread.is_alive():
-                try:
-                    q.get_nowait()
-                except queue.Empty:
-                    thread.join(timeout=0.05)
+        """Chunks read (and tokenized) by a background thread, at most ``prefetch`` ahead."""
+        return prefetch(self._chunks(), self.prefetch, f"mixtera-prefetch-{self.job.spec.job_id}")
 
     # -------------------------------------------------------------- consuming
 

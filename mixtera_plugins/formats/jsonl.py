@@ -43,10 +43,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import queue
-import threading
 import zlib
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -54,6 +52,7 @@ import pyarrow as pa
 import pyarrow.json as pajson
 import zstandard
 
+from mixtera_core.background import prefetch
 from mixtera_core.errors import CorruptFileError, MalformedRecordError
 from mixtera_core.interfaces import DatasetFormat, FileScan, MetadataParser
 from mixtera_core.properties import PropertyType
@@ -175,48 +174,6 @@ def _check_zero_tail(f: BinaryIO, path: str, pos: int) -> None:
             return
         if chunk.strip(b"\0"):
             raise CorruptFileError(path, f"unexpected data after the gzip padding at byte {pos}")
-
-
-_END = object()
-
-
-def _prefetch(chunks: Iterator[bytes], depth: int = 2) -> Generator[bytes, None, None]:
-    """Run ``chunks`` (file reads + decompression, which release the GIL) in a thread, so
-    that decompressing the next block overlaps with parsing this one."""
-    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(item: Any) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def run() -> None:
-        try:
-            for chunk in chunks:
-                if not put(chunk):
-                    return
-            put(_END)
-        except BaseException as e:  # handed to the consumer
-            put(e)
-
-    thread = threading.Thread(target=run, name="mixtera-jsonl-read", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = q.get()
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join()
 
 
 class _ByteSource:
@@ -586,7 +543,7 @@ class JsonlFormat(DatasetFormat):
             # Whole lines of each decompressed chunk go to block() without being copied; only
             # the line that straddles two chunks is assembled (and processed on its own).
             carry: list[bytes] = []
-            prefetched = _prefetch(chunks)
+            prefetched = prefetch(chunks)
             stack.callback(prefetched.close)  # stop the reader thread before closing the file
             for chunk in prefetched:
                 start = 0
