@@ -128,6 +128,14 @@ def record_text(record: Any, text_field: str, where: str) -> str:
     return value
 
 
+def _specials(job: Job, tok: Tokenizer) -> tuple[list[int], list[int]]:
+    """BOS/EOS ids to put around each document. GPT-2-style tokenizers use one token for both:
+    then a document boundary gets it once, not twice."""
+    eos = [tok.eos_id] if job.spec.add_eos and tok.eos_id is not None else []
+    bos = [tok.bos_id] if job.spec.add_bos and tok.bos_id is not None and [tok.bos_id] != eos else []
+    return bos, eos
+
+
 def calibrate_tokens(job: Job, plugins: PluginManager | None = None) -> np.ndarray:
     """Mean tokens per sample of each component, from the first samples of its epoch-0 order.
 
@@ -138,9 +146,8 @@ def calibrate_tokens(job: Job, plugins: PluginManager | None = None) -> np.ndarr
     plugins = plugins or get_plugin_manager()
     assert job.spec.tokenizer is not None
     tok = load_tokenizer(job.spec.tokenizer, plugins)
-    extra = int(job.spec.add_bos and tok.bos_id is not None) + int(
-        job.spec.add_eos and tok.eos_id is not None
-    )
+    bos, eos = _specials(job, tok)
+    extra = len(bos) + len(eos)
     orders = job.orders()
     readers = _FileReaders(job, plugins)
     out = np.zeros(job.index.num_components, dtype=np.float64)
@@ -306,9 +313,7 @@ class JobStream:
         return record
 
     def _tokenize(self, tok: Tokenizer, texts: list[str]) -> list[np.ndarray]:
-        spec = self.job.spec
-        bos = [tok.bos_id] if spec.add_bos and tok.bos_id is not None else []
-        eos = [tok.eos_id] if spec.add_eos and tok.eos_id is not None else []
+        bos, eos = _specials(self.job, tok)
         return [np.asarray(bos + ids + eos, dtype=np.int64) for ids in tok.encode_batch(texts)]
 
     def _prefetched(self) -> Iterator[_Prepared]:
