@@ -26,7 +26,7 @@ import threading
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -69,6 +69,45 @@ class TokenSequence:
     key_ids: np.ndarray
 
 
+class ChunkSource(Protocol):
+    """Where a stream gets chunk ``index`` from: a planner replica here, or a server."""
+
+    def chunk(self, index: int, snapshot: dict[str, Any] | None) -> tuple[Chunk | None, dict[str, Any]]:
+        """Chunk ``index`` (None once the job has ended) and the planner state right before it.
+
+        ``snapshot`` (a planner state at or before ``index``, from a checkpoint) lets the
+        source regenerate an old chunk without replaying from the start.
+        """
+        ...
+
+
+class SampleSource(Protocol):
+    def read(self, file_id: int, ranges: list[tuple[int, int]]) -> Iterator[tuple[int, Any]]: ...
+
+
+class PlannerChunkSource:
+    """Chunks from a planner replica that walks the global sequence forward."""
+
+    def __init__(self, job: Job) -> None:
+        self.planner: ChunkPlanner = job.planner()
+        self._fresh = True
+
+    def chunk(self, index: int, snapshot: dict[str, Any] | None) -> tuple[Chunk | None, dict[str, Any]]:
+        planner = self.planner
+        if snapshot is not None and (self._fresh or int(snapshot["next_index"]) > planner.next_index):
+            planner.load_state_dict(snapshot)
+        self._fresh = False
+        if index < planner.next_index:
+            raise MixteraError(
+                f"chunk {index} was planned already; streams ask for chunks in increasing order"
+            )
+        while planner.next_index < index:
+            if not planner.skip():
+                return None, planner.state_dict()
+        before = planner.state_dict()
+        return planner.next_chunk(), before
+
+
 class _FileReaders:
     """Reads sample ranges of the job's files through their format plugins."""
 
@@ -81,7 +120,7 @@ class _FileReaders:
         yield from self.plugins.format(entry.format).read(entry.path, ranges, entry.read_index)
 
 
-def chunk_records(job: Job, chunk: Chunk, readers: _FileReaders) -> list[tuple[int, int, int, Any]]:
+def chunk_records(job: Job, chunk: Chunk, readers: SampleSource) -> list[tuple[int, int, int, Any]]:
     """The chunk's samples as (component, file_id, sample_index, record) in interleave order."""
     comps, files, idx = chunk.interleaved(job.spec.seed)
     records: dict[tuple[int, int], Any] = {}
@@ -193,9 +232,14 @@ class JobStream:
         dp_groups: int | None = None,
         num_workers: int | None = None,
         drop_last: bool = True,
+        chunk_source: ChunkSource | None = None,
+        readers: SampleSource | None = None,
     ) -> None:
         spec = job.spec
         self.drop_last = drop_last
+        # where chunks come from (default: a planner replica in this process) and samples are read
+        self.chunk_source = chunk_source
+        self.readers = readers
         # the topology defaults to the job's; states made by reshard() carry a new one
         self.dp_groups = spec.dp_groups if dp_groups is None else int(dp_groups)
         self.num_workers = spec.num_workers if num_workers is None else int(num_workers)
@@ -273,21 +317,16 @@ class JobStream:
     # -------------------------------------------------------------- producing
 
     def _chunks(self) -> Iterator[_Prepared]:
-        planner: ChunkPlanner = self.job.planner()
+        source = self.chunk_source if self.chunk_source is not None else PlannerChunkSource(self.job)
         own = int(self._start["own"])
-        if self._start["snapshot"] is not None:
-            planner.load_state_dict(self._start["snapshot"])
-        readers = _FileReaders(self.job, self.plugins)
+        snapshot_hint = self._start["snapshot"]
+        readers = self.readers if self.readers is not None else _FileReaders(self.job, self.plugins)
         spec = self.job.spec
         tok = load_tokenizer(spec.tokenizer, self.plugins) if spec.tokenizer is not None else None
         while True:
-            target = self.global_index(own)
-            while planner.next_index < target:
-                if not planner.skip():
-                    return
-            snapshot = planner.state_dict()
-            chunk = planner.next_chunk()
-            self.planned_up_to = max(self.planned_up_to, planner.next_index)
+            chunk, snapshot = source.chunk(self.global_index(own), snapshot_hint)
+            snapshot_hint = None
+            self.planned_up_to = max(self.planned_up_to, self.global_index(own) + 1)
             if chunk is None:
                 return
             rows = chunk_records(self.job, chunk, readers)
