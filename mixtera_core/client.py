@@ -23,6 +23,7 @@ from .plugins import PluginManager, get_plugin_manager
 from .query import Query
 from .reading import SampleReader
 from .report import ComponentInfo, Explanation, JobReport
+from .runtime import JobRuntime
 from .streaming import JobStream, calibrate_tokens
 
 Location = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
@@ -153,6 +154,7 @@ class LocalMixteraClient(MixteraClient):
         self._jobs: dict[str, Job] = {}
         self._algorithms: dict[str, Any] = {}
         self._streams: dict[str, list[JobStream]] = {}
+        self._runtimes: dict[str, JobRuntime] = {}
 
     def register_dataset(
         self,
@@ -384,10 +386,17 @@ class LocalMixteraClient(MixteraClient):
         return s
 
     def _horizon(self, job_id: str) -> int:
-        """First chunk no stream of this process has planned yet: where a change can take effect."""
-        streams = self._streams.get(job_id, [])
-        planned = [s.planned_up_to for s in streams]
+        """First chunk nothing in this process has planned yet: where a change can take effect."""
+        planned = [s.planned_up_to for s in self._streams.get(job_id, [])]
+        if job_id in self._runtimes:
+            planned.append(self._runtimes[job_id].horizon)
         return max(planned, default=0)
+
+    def runtime(self, job_id: str) -> JobRuntime:
+        """The central planner of a job (what a server uses to hand out chunk descriptors)."""
+        if job_id not in self._runtimes:
+            self._runtimes[job_id] = JobRuntime(self.job(job_id))
+        return self._runtimes[job_id]
 
     def checkpoint(self, job_id: str) -> dict[str, Any]:
         job = self.job(job_id)
