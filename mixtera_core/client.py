@@ -362,7 +362,12 @@ class LocalMixteraClient(MixteraClient):
             mixture = job.mixture
             if isinstance(mixture, DynamicMixture) and job_id not in self._algorithms:
                 cls = self.plugins.mixing_algorithm(mixture.algorithm)
-                self._algorithms[job_id] = cls(list(job.resolved.key_weights), **mixture.options)
+                algo = cls(list(job.resolved.key_weights), **mixture.options)
+                saved = os.path.join(directory, "algorithm.json")
+                if os.path.exists(saved):
+                    with open(saved) as fh:
+                        algo.load_state_dict(json.load(fh))
+                self._algorithms[job_id] = algo
             return job
         return None
 
@@ -440,6 +445,16 @@ class LocalMixteraClient(MixteraClient):
         weights = algo.update(step, losses, counts)
         if weights is not None:
             job.set_key_weights(self._horizon(job_id), weights, step, f"{algo.name} update")
+            job.save_log(self._job_dir(job_id))
+        self._save_algorithm(job_id)
+
+    def _save_algorithm(self, job_id: str) -> None:
+        algo = self._algorithms.get(job_id)
+        if algo is not None:
+            path = os.path.join(self._job_dir(job_id), "algorithm.json")
+            with open(path + ".tmp", "w") as fh:
+                json.dump(algo.state_dict(), fh)
+            os.replace(path + ".tmp", path)
 
     def report_step(self, job_id: str, step: int) -> None:
         job = self.job(job_id)
@@ -454,6 +469,7 @@ class LocalMixteraClient(MixteraClient):
                 job.set_component_weights(
                     self._horizon(job_id), new.weights, step, f"schedule switch at step {switch}"
                 )
+                job.save_log(self._job_dir(job_id))
 
     def close(self) -> None:
         for job_id, streams in self._streams.items():

@@ -164,15 +164,8 @@ class Job:
 
     # ------------------------------------------------------------------ persistence
 
-    def save(self, directory: str) -> None:
-        os.makedirs(directory, exist_ok=True)
-        meta = {
-            "spec": self.spec.to_json(),
-            "log": self.log.to_json(),
-            "changes": self.changes,
-            "tokens_per_sample": None if self.tokens_per_sample is None else self.tokens_per_sample.tolist(),
-            "catalog_version": self.catalog_version,
-        }
+    def to_parts(self) -> tuple[bytes, bytes, bytes]:
+        """(job JSON, index, files) as bytes: how a server sends a job to a client."""
         files = pa.table(
             {
                 "file_id": pa.array(list(self.files), pa.int64()),
@@ -184,18 +177,13 @@ class Job:
         buf = io.BytesIO()
         with ipc.new_stream(buf, files.schema) as w:
             w.write_table(files)
-        _atomic_write(os.path.join(directory, "index.arrow"), self.index.to_bytes())
-        _atomic_write(os.path.join(directory, "files.arrow"), buf.getvalue())
-        _atomic_write(os.path.join(directory, "job.json"), json.dumps(meta, indent=1).encode())
+        return self.to_parts_meta(), self.index.to_bytes(), buf.getvalue()
 
     @classmethod
-    def load(cls, directory: str) -> Job:
-        with open(os.path.join(directory, "job.json"), "rb") as fh:
-            meta = json.load(fh)
-        with open(os.path.join(directory, "index.arrow"), "rb") as fh:
-            index = ChunkerIndex.from_bytes(fh.read())
-        with open(os.path.join(directory, "files.arrow"), "rb") as fh:
-            files_t = ipc.open_stream(fh.read()).read_all()
+    def from_parts(cls, job_json: bytes, index_bytes: bytes, files_bytes: bytes) -> Job:
+        meta = json.loads(job_json)
+        index = ChunkerIndex.from_bytes(index_bytes)
+        files_t = ipc.open_stream(files_bytes).read_all()
         spec = JobSpec.from_json(meta["spec"])
         files = {
             int(r["file_id"]): FileEntry(r["path"], r["format"], r["read_index"]) for r in files_t.to_pylist()
@@ -214,6 +202,38 @@ class Job:
             catalog_version=meta["catalog_version"],
             changes=meta.get("changes", []),
         )
+
+    def save(self, directory: str) -> None:
+        os.makedirs(directory, exist_ok=True)
+        job_json, index_bytes, files_bytes = self.to_parts()
+        _atomic_write(os.path.join(directory, "index.arrow"), index_bytes)
+        _atomic_write(os.path.join(directory, "files.arrow"), files_bytes)
+        _atomic_write(os.path.join(directory, "job.json"), job_json)
+
+    def save_log(self, directory: str) -> None:
+        """Persist only what changes while a job runs (mixture log, changes): job.json."""
+        _atomic_write(os.path.join(directory, "job.json"), self.to_parts_meta())
+
+    def to_parts_meta(self) -> bytes:
+        return json.dumps(
+            {
+                "spec": self.spec.to_json(),
+                "log": self.log.to_json(),
+                "changes": self.changes,
+                "tokens_per_sample": None
+                if self.tokens_per_sample is None
+                else self.tokens_per_sample.tolist(),
+                "catalog_version": self.catalog_version,
+            }
+        ).encode()
+
+    @classmethod
+    def load(cls, directory: str) -> Job:
+        parts = []
+        for name in ("job.json", "index.arrow", "files.arrow"):
+            with open(os.path.join(directory, name), "rb") as fh:
+                parts.append(fh.read())
+        return cls.from_parts(*parts)
 
 
 def _atomic_write(path: str, data: bytes) -> None:

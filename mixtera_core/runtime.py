@@ -54,6 +54,10 @@ class JobRuntime:
                 self._cache.move_to_end(index)
                 return hit
             planner = self._planner
+            if snapshot is not None and planner.next_index < int(snapshot["next_index"]) <= index:
+                # e.g. a restarted server and a client resuming far into the job: jump, don't replay
+                planner.load_state_dict(snapshot)
+                self._checkpoints[planner.next_index] = dict(snapshot)
             if index >= planner.next_index:
                 while planner.next_index <= index:
                     before = planner.state_dict()
