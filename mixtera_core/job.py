@@ -60,7 +60,7 @@ class JobSpec:
     nodes_per_group: int = 1
     num_workers: int = 1
     on_exhausted: str = "stop"
-    block_size: int = 64
+    block_size: int = 256
     text_field: str = "text"
     tokenizer: TokenizerSpec | None = None
     seq_len: int | None = None
@@ -277,7 +277,7 @@ def make_spec(
     nodes_per_group: int = 1,
     num_workers: int = 1,
     on_exhausted: str = "stop",
-    block_size: int = 64,
+    block_size: int = 256,
     text_field: str = "text",
     tokenizer: str | tuple[str, str] | TokenizerSpec | None = None,
     tokenizer_options: Mapping[str, Any] | None = None,

@@ -153,16 +153,21 @@ def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return out
 
 
-def record_text(record: Any, text_field: str, where: str) -> str:
+def record_text(record: Any, text_field: str | FieldRef, where: str | tuple[str, int]) -> str:
     """The text of a record: ``text_field`` (dotted path), else a webdataset ``txt`` member."""
-    value = extract(record, FieldRef.parse(text_field)) if isinstance(record, dict) else None
-    if value is None and isinstance(record, dict) and "txt" in record and text_field == "text":
-        value = record["txt"]
+    ref = text_field if isinstance(text_field, FieldRef) else FieldRef.parse(text_field)
+    if isinstance(record, dict):
+        value = record.get(ref.path[0]) if len(ref.path) == 1 else extract(record, ref)
+        if value is None and ref.path == ("text",) and "txt" in record:
+            value = record["txt"]
+    else:
+        value = None
     if isinstance(value, bytes):
         value = value.decode("utf-8", errors="replace")
     if not isinstance(value, str):
+        place = where if isinstance(where, str) else f"{where[0]}:{where[1]}"
         raise MixteraError(
-            f"{where}: the sample has no text field {text_field!r}; pass text_field= to execute()"
+            f"{place}: the sample has no text field {str(ref)!r}; pass text_field= to execute()"
         )
     return value
 
@@ -260,6 +265,7 @@ class JobStream:
         self._decoder = _decoder(decode) if decode else None
         self._key_ids = job.component_key_ids()
         self._key_names = job.key_names
+        self._text_ref = FieldRef.parse(spec.text_field)
         # position of the first unconsumed element: own chunk number, sample, token offset
         self.planned_up_to = 0  # chunks [0, planned_up_to) have been planned by this stream's planner
         self.delivered = np.zeros(len(job.key_names), dtype=np.int64)  # samples/tokens handed out per key
@@ -317,12 +323,12 @@ class JobStream:
     # -------------------------------------------------------------- producing
 
     def _chunks(self) -> Iterator[_Prepared]:
+        """Chunks with their records (sample mode: the output values), in this stream's order."""
         source = self.chunk_source if self.chunk_source is not None else PlannerChunkSource(self.job)
         own = int(self._start["own"])
         snapshot_hint = self._start["snapshot"]
         readers = self.readers if self.readers is not None else _FileReaders(self.job, self.plugins)
-        spec = self.job.spec
-        tok = load_tokenizer(spec.tokenizer, self.plugins) if spec.tokenizer is not None else None
+        token_mode = self.job.spec.tokenizer is not None
         while True:
             chunk, snapshot = source.chunk(self.global_index(own), snapshot_hint)
             snapshot_hint = None
@@ -331,22 +337,28 @@ class JobStream:
                 return
             rows = chunk_records(self.job, chunk, readers)
             keys = [int(self._key_ids[c]) for c, _, _, _ in rows]
-            if tok is None:
-                data = [self._sample_data(rec, f, i) for _, f, i, rec in rows]
+            if token_mode:
+                data = [self._text(rec, f, i) for _, f, i, rec in rows]
             else:
-                texts = [
-                    record_text(rec, self.job.spec.text_field, f"{self.job.files[f].path}:{i}")
-                    for _, f, i, rec in rows
-                ]
-                data = self._tokenize(tok, texts)
+                data = [self._sample_data(rec, f, i) for _, f, i, rec in rows]
             yield _Prepared(chunk.index, own, snapshot, list(zip(keys, data, strict=True)))
             own += 1
 
+    def _tokenized(self, chunks: Iterator[_Prepared]) -> Iterator[_Prepared]:
+        """Replace each chunk's texts by token arrays (a pipeline stage of its own)."""
+        assert self.job.spec.tokenizer is not None
+        tok = load_tokenizer(self.job.spec.tokenizer, self.plugins)
+        for prep in chunks:
+            arrays = self._tokenize(tok, [text for _, text in prep.items])
+            prep.items = [(key, arr) for (key, _), arr in zip(prep.items, arrays, strict=True)]
+            yield prep
+
+    def _text(self, record: Any, file_id: int, sample_index: int) -> str:
+        return record_text(record, self._text_ref, (self.job.files[file_id].path, sample_index))
+
     def _sample_data(self, record: Any, file_id: int, sample_index: int) -> Any:
         if self.output == "text":
-            return record_text(
-                record, self.job.spec.text_field, f"{self.job.files[file_id].path}:{sample_index}"
-            )
+            return self._text(record, file_id, sample_index)
         if self._decoder is not None:
             return self._decoder(record)
         return record
@@ -356,8 +368,14 @@ class JobStream:
         return [np.asarray(bos + ids + eos, dtype=np.int64) for ids in tok.encode_batch(texts)]
 
     def _prefetched(self) -> Iterator[_Prepared]:
-        """Chunks read (and tokenized) by a background thread, at most ``prefetch`` ahead."""
-        return prefetch(self._chunks(), self.prefetch, f"mixtera-prefetch-{self.job.spec.job_id}")
+        """Chunks read by a background thread, at most ``prefetch`` ahead; in token mode a second
+        thread tokenizes, so reading the next chunk overlaps tokenizing this one (both release the GIL
+        for much of their work)."""
+        name = f"mixtera-prefetch-{self.job.spec.job_id}"
+        chunks = prefetch(self._chunks(), self.prefetch, name)
+        if self.job.spec.tokenizer is None:
+            return chunks
+        return prefetch(self._tokenized(chunks), self.prefetch, name + "-tokenize")
 
     # -------------------------------------------------------------- consuming
 

@@ -41,6 +41,7 @@ The index is a versioned :mod:`~mixtera_plugins.formats._common` container (kind
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import zlib
@@ -69,6 +70,7 @@ from ._common import (
 )
 
 INDEX_VERSION = 1
+_READ_SIZE = 64 << 10  # compressed bytes per decompressor call when reading ranges
 _NEWLINE = 10
 _OPEN_BRACE = 123
 _BOM = b"\xef\xbb\xbf"
@@ -176,6 +178,24 @@ def _check_zero_tail(f: BinaryIO, path: str, pos: int) -> None:
             raise CorruptFileError(path, f"unexpected data after the gzip padding at byte {pos}")
 
 
+@functools.lru_cache(maxsize=256)
+def _parsed_index(
+    read_index: bytes,
+) -> tuple[int, int, np.ndarray, frozenset[int], np.ndarray, np.ndarray, int]:
+    """The read index, unpacked once per file and process (streams read a file chunk after chunk)."""
+    header, arrays = unpack_index(read_index, "jsonl", INDEX_VERSION)
+    meta = header["meta"]
+    return (
+        int(meta["stride"]),
+        int(meta["lines"]),
+        np.cumsum(arrays["offsets_delta"]),
+        frozenset(arrays["skipped"].tolist()),
+        arrays["frames_comp"],
+        arrays["frames_dec"],
+        int(meta["file_size"]),
+    )
+
+
 class _ByteSource:
     """Decompressed bytes of a file from any decompressed offset.
 
@@ -205,8 +225,14 @@ class _ByteSource:
         k = int(np.searchsorted(self.frames_dec, target, side="right")) - 1
         k = max(k, 0)
         if self._gen is None or not (int(self.frames_dec[k]) <= self.pos <= target):
+            # small compressed reads: a range read stops decompressing soon after its last line
             self._gen = _iter_frames(
-                self.f, self.codec, self.path, int(self.frames_comp[k]), int(self.frames_dec[k])
+                self.f,
+                self.codec,
+                self.path,
+                int(self.frames_comp[k]),
+                int(self.frames_dec[k]),
+                read_size=_READ_SIZE,
             )
             self._head = b""
             self.pos = int(self.frames_dec[k])
@@ -491,7 +517,7 @@ class JsonlFormat(DatasetFormat):
         self,
         block_size: int = 16 << 20,
         index_stride: int = 32,
-        min_frame_gap: int = 1 << 20,
+        min_frame_gap: int = 64 << 10,
         json_chunk_size: int = 1 << 20,
         fallback_pieces: int = 16,
     ) -> None:
@@ -600,13 +626,8 @@ class JsonlFormat(DatasetFormat):
             skipped: frozenset[int] = frozenset()
             frames_comp = frames_dec = np.zeros(1, dtype=np.int64)
         else:
-            header, arrays = unpack_index(read_index, "jsonl", INDEX_VERSION)
-            meta = header["meta"]
-            stride, lines = int(meta["stride"]), int(meta["lines"])
-            offsets = np.cumsum(arrays["offsets_delta"])
-            skipped = frozenset(arrays["skipped"].tolist())
-            frames_comp, frames_dec = arrays["frames_comp"], arrays["frames_dec"]
-            check_unchanged(path, meta["file_size"])
+            stride, lines, offsets, skipped, frames_comp, frames_dec, size = _parsed_index(read_index)
+            check_unchanged(path, size)
         return self._read(path, codec, ranges, stride, lines, offsets, skipped, frames_comp, frames_dec)
 
     def _read(
