@@ -11,7 +11,7 @@ import json
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from .report import ComponentInfo, Explanation, JobReport
 from .runtime import JobRuntime
 from .streaming import JobStream, calibrate_tokens
 
+if TYPE_CHECKING:
+    from .remote import RemoteMixteraClient
+
 Location = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 
 
@@ -36,6 +39,38 @@ class MixteraClient(ABC):
     def local(db_dir: str | os.PathLike[str], plugins: PluginManager | None = None) -> LocalMixteraClient:
         """A client running on an embedded catalog in ``db_dir`` (created if needed)."""
         return LocalMixteraClient(db_dir, plugins)
+
+    @staticmethod
+    def remote(
+        host: str = "127.0.0.1",
+        port: int = 7878,
+        token: str | None = None,
+        *,
+        tls_ca: str | os.PathLike[str] | bytes | None = None,
+        ship_samples: bool = False,
+        retries: int = 10,
+        timeout: float | None = 60.0,
+        **options: Any,
+    ) -> RemoteMixteraClient:
+        """A client of a ``mixtera-server`` at ``host:port`` (see :mod:`mixtera_core.remote`).
+
+        ``token``: the server's shared secret; ``tls_ca``: the CA (or self-signed) certificate
+        that signed the server's, as a path or PEM bytes; ``ship_samples=True``: the server
+        reads the samples (for clients that cannot see the files). Transient failures are
+        retried ``retries`` times with exponential backoff; ``timeout`` is per call (seconds).
+        """
+        from .remote import RemoteMixteraClient
+
+        return RemoteMixteraClient(
+            host,
+            port,
+            token,
+            tls_ca=tls_ca,
+            ship_samples=ship_samples,
+            retries=retries,
+            timeout=timeout,
+            **options,
+        )
 
     @abstractmethod
     def register_dataset(
@@ -155,6 +190,7 @@ class LocalMixteraClient(MixteraClient):
         self._algorithms: dict[str, Any] = {}
         self._streams: dict[str, list[JobStream]] = {}
         self._runtimes: dict[str, JobRuntime] = {}
+        self._horizon_floor: dict[str, int] = {}  # see reserve_horizon()
 
     def register_dataset(
         self,
@@ -395,7 +431,27 @@ class LocalMixteraClient(MixteraClient):
         planned = [s.planned_up_to for s in self._streams.get(job_id, [])]
         if job_id in self._runtimes:
             planned.append(self._runtimes[job_id].horizon)
+        planned.append(self._horizon_floor.get(job_id, 0))
         return max(planned, default=0)
+
+    def reserve_horizon(self, job_id: str, chunk: int) -> None:
+        """Chunks before ``chunk`` may have been handed out by an earlier process (a server before
+        its restart): mixture changes from now on take effect at ``chunk`` or later."""
+        self._horizon_floor[job_id] = max(self._horizon_floor.get(job_id, 0), int(chunk))
+
+    def record_delivered(self, job_id: str, counts: Sequence[int]) -> None:
+        """Add samples/tokens per key handed out by streams elsewhere (remote clients) to the
+        job's persisted delivery counts, which :meth:`report` includes."""
+        job = self.job(job_id)
+        path = os.path.join(self._job_dir(job_id), "delivered.json")
+        total = np.zeros(len(job.key_names), dtype=np.int64)
+        if os.path.exists(path):
+            with open(path) as fh:
+                total += np.asarray(json.load(fh), dtype=np.int64)
+        total += np.asarray(counts, dtype=np.int64)
+        with open(path + ".tmp", "w") as fh:
+            json.dump(total.tolist(), fh)
+        os.replace(path + ".tmp", path)
 
     def runtime(self, job_id: str) -> JobRuntime:
         """The central planner of a job (what a server uses to hand out chunk descriptors)."""
@@ -432,6 +488,7 @@ class LocalMixteraClient(MixteraClient):
         elif job.spec != spec:
             raise JobError(f"job {job_id!r} exists with another spec than the checkpoint's")
         job.log = WeightsLog.from_json(state["log"])
+        self._runtimes.pop(job_id, None)  # its planner holds the old log
         job.changes = list(state.get("changes", []))
         if state.get("algorithm") is not None:
             self._algorithms[job_id].load_state_dict(state["algorithm"])

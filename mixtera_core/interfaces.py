@@ -155,6 +155,19 @@ class DatasetFormat(ABC):
         for jsonl and parquet, ``{"__key__": ..., ext: bytes}`` for webdataset).
         """
 
+    def read_field(
+        self, path: str, ranges: Sequence[tuple[int, int]], read_index: bytes | None, field: FieldRef
+    ) -> Iterator[tuple[int, Any]]:
+        """Like :meth:`read` but yields only one field of each record (None where absent).
+
+        Streams that need only the text use this; a format can override it with a native
+        path that never builds the whole record in Python.
+        """
+        from .records import extract
+
+        for index, record in self.read(path, ranges, read_index):
+            yield index, extract(record, field) if isinstance(record, dict) else None
+
 
 # --------------------------------------------------------------------------- tokenizers
 

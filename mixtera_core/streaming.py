@@ -119,18 +119,43 @@ class _FileReaders:
         entry = self.job.files[file_id]
         yield from self.plugins.format(entry.format).read(entry.path, ranges, entry.read_index)
 
+    def read_field(
+        self, file_id: int, ranges: list[tuple[int, int]], field: FieldRef
+    ) -> Iterator[tuple[int, Any]]:
+        entry = self.job.files[file_id]
+        yield from self.plugins.format(entry.format).read_field(entry.path, ranges, entry.read_index, field)
 
-def chunk_records(job: Job, chunk: Chunk, readers: SampleSource) -> list[tuple[int, int, int, Any]]:
-    """The chunk's samples as (component, file_id, sample_index, record) in interleave order."""
+
+def chunk_records(
+    job: Job, chunk: Chunk, readers: SampleSource, field: FieldRef | None = None
+) -> list[tuple[int, int, int, Any]]:
+    """The chunk's samples as (component, file_id, sample_index, record) in interleave order.
+
+    With ``field``, "record" is just that field's value (formats may read it natively); a
+    sample without it falls back to its whole record, so ``record_text`` can still find a
+    webdataset ``txt`` member.
+    """
     comps, files, idx = chunk.interleaved(job.spec.seed)
     records: dict[tuple[int, int], Any] = {}
     order = np.lexsort((chunk.starts, chunk.file_ids))
     by_file: dict[int, list[tuple[int, int]]] = {}
     for j in order:
         by_file.setdefault(int(chunk.file_ids[j]), []).append((int(chunk.starts[j]), int(chunk.stops[j])))
+    read_field = getattr(readers, "read_field", None) if field is not None else None
     for fid, ranges in by_file.items():
-        for sample_index, record in readers.read(fid, _merge(ranges)):
-            records[(fid, sample_index)] = record
+        merged = _merge(ranges)
+        if read_field is None:
+            for sample_index, record in readers.read(fid, merged):
+                records[(fid, sample_index)] = record
+            continue
+        missing = []
+        for sample_index, value in read_field(fid, merged, field):
+            records[(fid, sample_index)] = value
+            if value is None:
+                missing.append(sample_index)
+        for s in missing:  # e.g. webdataset: no "text" field, but a txt member
+            for sample_index, record in readers.read(fid, [(s, s + 1)]):
+                records[(fid, sample_index)] = record
     out = []
     for c, f, i in zip(comps.tolist(), files.tolist(), idx.tolist(), strict=True):
         try:
@@ -161,7 +186,7 @@ def record_text(record: Any, text_field: str | FieldRef, where: str | tuple[str,
         if value is None and ref.path == ("text",) and "txt" in record:
             value = record["txt"]
     else:
-        value = None
+        value = record  # already the field's value (read_field)
     if isinstance(value, bytes):
         value = value.decode("utf-8", errors="replace")
     if not isinstance(value, str):
@@ -335,7 +360,8 @@ class JobStream:
             self.planned_up_to = max(self.planned_up_to, self.global_index(own) + 1)
             if chunk is None:
                 return
-            rows = chunk_records(self.job, chunk, readers)
+            text_only = token_mode or self.output == "text"
+            rows = chunk_records(self.job, chunk, readers, self._text_ref if text_only else None)
             keys = [int(self._key_ids[c]) for c, _, _, _ in rows]
             if token_mode:
                 data = [self._text(rec, f, i) for _, f, i, rec in rows]

@@ -55,9 +55,9 @@ import zstandard
 
 from mixtera_core.background import prefetch
 from mixtera_core.errors import CorruptFileError, MalformedRecordError
-from mixtera_core.interfaces import DatasetFormat, FileScan, MetadataParser
-from mixtera_core.properties import PropertyType
-from mixtera_core.records import PropertyColumns, arrow_read_schema, lift_fields
+from mixtera_core.interfaces import DatasetFormat, FieldRef, FileScan, MetadataParser
+from mixtera_core.properties import PROPERTY_TYPES, PropertyType
+from mixtera_core.records import PropertyColumns, arrow_read_schema, extract, lift_fields
 
 from ._common import (
     check_on_error,
@@ -70,6 +70,7 @@ from ._common import (
 )
 
 INDEX_VERSION = 1
+_STR = PROPERTY_TYPES["str"]
 _READ_SIZE = 64 << 10  # compressed bytes per decompressor call when reading ranges
 _NEWLINE = 10
 _OPEN_BRACE = 123
@@ -301,6 +302,26 @@ class _LineCursor:
         self.i = j + 1
         self.line += 1
         return raw
+
+
+def _range_lines(cur: _LineCursor, stop: int, skipped: frozenset[int]) -> Iterator[tuple[int, bytes]]:
+    while cur.line < stop:
+        line = cur.line
+        raw = cur.next_line()
+        if raw is None:
+            return
+        if line in skipped or (raw[:1] != b"{" and not raw.strip()):
+            continue
+        yield line, raw
+
+
+def _parse_line(path: str, line: int, raw: bytes) -> Any:
+    try:
+        return _loads(raw)
+    except ValueError as e:
+        raise MalformedRecordError(
+            path, f"line {line + 1}", f"invalid JSON: {e}", "the file changed since registration?"
+        ) from None
 
 
 def _loads(raw: bytes) -> Any:
@@ -619,6 +640,43 @@ class JsonlFormat(DatasetFormat):
     def read(
         self, path: str, ranges: Sequence[tuple[int, int]], read_index: bytes | None
     ) -> Iterator[tuple[int, Any]]:
+        for a, b, lines in self._raw_ranges(path, ranges, read_index):
+            del a, b
+            for line, raw in lines:
+                yield line, _parse_line(path, line, raw)
+
+    def read_field(
+        self, path: str, ranges: Sequence[tuple[int, int]], read_index: bytes | None, field: FieldRef
+    ) -> Iterator[tuple[int, Any]]:
+        """One field of each sample, parsed by pyarrow's JSON reader a range at a time.
+
+        Only the field is materialized, in C++ and outside the GIL; a range pyarrow refuses
+        (a value of another type, an odd line) is parsed line by line like ``read``.
+        """
+        schema = arrow_read_schema({"v": field}, {"v": _STR})
+        opts = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+        for _, _, lines in self._raw_ranges(path, ranges, read_index):
+            batch = list(lines)
+            if not batch:
+                continue
+            values: list[Any] | None = None
+            block = b"\n".join(raw for _, raw in batch)
+            if not block.startswith(_BOM) and all(raw[:1] == b"{" for _, raw in batch):
+                try:
+                    table = pajson.read_json(pa.BufferReader(block), parse_options=opts)
+                    if table.num_rows == len(batch):
+                        values = lift_fields(table, {"v": field}, {"v": _STR}, path)["v"].to_pylist()
+                except (pa.ArrowInvalid, ValueError, KeyError):
+                    values = None
+            if values is None:
+                values = [extract(_parse_line(path, line, raw), field) for line, raw in batch]
+            for (line, _), value in zip(batch, values, strict=True):
+                yield line, value
+
+    def _raw_ranges(
+        self, path: str, ranges: Sequence[tuple[int, int]], read_index: bytes | None
+    ) -> Iterator[tuple[int, int, Iterator[tuple[int, bytes]]]]:
+        """Per range, (start, stop, the raw non-blank lines of registered samples)."""
         codec = _codec(path)
         if read_index is None:  # no index: stream from the start
             stride, lines = 1 << 62, None
@@ -628,20 +686,6 @@ class JsonlFormat(DatasetFormat):
         else:
             stride, lines, offsets, skipped, frames_comp, frames_dec, size = _parsed_index(read_index)
             check_unchanged(path, size)
-        return self._read(path, codec, ranges, stride, lines, offsets, skipped, frames_comp, frames_dec)
-
-    def _read(
-        self,
-        path: str,
-        codec: str,
-        ranges: Sequence[tuple[int, int]],
-        stride: int,
-        lines: int | None,
-        offsets: np.ndarray,
-        skipped: frozenset[int],
-        frames_comp: np.ndarray,
-        frames_dec: np.ndarray,
-    ) -> Iterator[tuple[int, Any]]:
         src = _ByteSource(path, codec, frames_comp, frames_dec)
         cur = _LineCursor(src)
         try:
@@ -656,22 +700,6 @@ class JsonlFormat(DatasetFormat):
                 while cur.line < a:
                     if cur.next_line() is None:
                         break
-                while cur.line < b:
-                    line = cur.line
-                    raw = cur.next_line()
-                    if raw is None:
-                        break
-                    if line in skipped or (raw[:1] != b"{" and not raw.strip()):
-                        continue
-                    try:
-                        record = _loads(raw)
-                    except ValueError as e:
-                        raise MalformedRecordError(
-                            path,
-                            f"line {line + 1}",
-                            f"invalid JSON: {e}",
-                            "the file changed since registration?",
-                        ) from None
-                    yield line, record
+                yield a, b, _range_lines(cur, b, skipped)
         finally:
             src.close()

@@ -1,0 +1,122 @@
+"""``mixtera-server DB_DIR``: serve one Mixtera catalog over gRPC.
+
+Prints ``mixtera-server listening on HOST:PORT`` once it accepts calls (``--port 0`` picks
+a free port and prints it) and shuts down cleanly on SIGTERM / SIGINT: running calls get a
+grace period, acknowledged feedback is applied, and the catalog is closed (jobs, mixture
+logs, algorithm state and delivery counts are already persisted under ``DB_DIR/jobs``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from typing import Any
+
+from ..errors import MixteraError
+from .auth import read_token
+from .service import DEFAULT_MAX_MESSAGE, MixteraService, serve
+
+GRACE_SECONDS = 5.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mixtera-server",
+        description="Serve one Mixtera catalog (DB_DIR) over gRPC to remote clients "
+        "(MixteraClient.remote(host, port)).",
+    )
+    p.add_argument("db_dir", metavar="DB_DIR", help="the catalog directory (created if needed)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=7878, help="port (0: pick a free one and print it)")
+    p.add_argument(
+        "--token-file",
+        metavar="F",
+        help="require 'authorization: Bearer <token>' on every call; the token is F's content (stripped)",
+    )
+    p.add_argument("--tls-cert", metavar="C", help="serve TLS with this PEM certificate (chain)")
+    p.add_argument("--tls-key", metavar="K", help="the PEM private key of --tls-cert")
+    p.add_argument(
+        "--allowed-root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="only register and read files under DIR (symlinks resolved; repeatable). Default: the "
+        "server's working directory plus the directories of the datasets registered at start",
+    )
+    p.add_argument("--workers", type=int, default=16, help="threads serving calls (default 16)")
+    p.add_argument(
+        "--max-message-mb",
+        type=float,
+        default=DEFAULT_MAX_MESSAGE / (1 << 20),
+        help="largest request accepted, in MiB (larger: RESOURCE_EXHAUSTED; default 64)",
+    )
+    p.add_argument("--log-level", default="INFO", help="logging level on stderr (default INFO)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    if (args.tls_cert is None) != (args.tls_key is None):
+        print("mixtera-server: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    if args.port < 0 or args.port > 65535 or args.workers < 1 or args.max_message_mb <= 0:
+        print(
+            "mixtera-server: --port must be in [0, 65535], --workers and --max-message-mb positive",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        token = read_token(args.token_file) if args.token_file else None
+        service = MixteraService(args.db_dir, allowed_roots=args.allowed_root or None)
+    except Exception as e:  # e.g. the catalog is open in another process
+        print(f"mixtera-server: cannot open {args.db_dir}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    try:
+        server, port = serve(
+            service,
+            args.host,
+            args.port,
+            token=token,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            workers=args.workers,
+            max_message_bytes=int(args.max_message_mb * (1 << 20)),
+        )
+    except (MixteraError, OSError) as e:
+        service.close()
+        print(f"mixtera-server: {e}", file=sys.stderr)
+        return 1
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    logging.getLogger("mixtera.server").info(
+        "serving %s (allowed roots: %s%s%s)",
+        service.engine.catalog.db_dir,
+        ", ".join(service.roots.roots),
+        ", token required" if token else "",
+        ", TLS" if args.tls_cert else "",
+    )
+    print(f"mixtera-server listening on {shown}:{port}", flush=True)
+    while not stop.wait(0.5):
+        pass
+    logging.getLogger("mixtera.server").info("shutting down")
+    server.stop(GRACE_SECONDS).wait()
+    service.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
