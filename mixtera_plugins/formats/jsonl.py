@@ -282,6 +282,30 @@ class _LineCursor:
             self.buf_off = off
         self.line = line
 
+    def take_block(self, stop: int) -> tuple[bytes, np.ndarray, np.ndarray]:
+        """Lines ``self.line .. stop - 1`` as one bytes block, with each line's start and end in it."""
+        need = stop - self.line
+        have = self.buf.count(b"\n", self.i)
+        while have < need:
+            more = self.src.read()
+            if not more:
+                break
+            self.buf_off += self.i
+            self.buf = self.buf[self.i :] + more
+            self.i = 0
+            have += more.count(b"\n")
+        view = np.frombuffer(self.buf, dtype=np.uint8)[self.i :]
+        nl = np.flatnonzero(view == _NEWLINE)[:need]
+        ends = nl
+        if len(nl) < need and len(view) > (int(nl[-1]) + 1 if len(nl) else 0):
+            ends = np.append(nl, len(view))  # a last line without a trailing newline
+        starts = np.concatenate(([0], ends[:-1] + 1)) if len(ends) else ends
+        end = int(ends[-1]) if len(ends) else 0
+        block = self.buf[self.i : self.i + end]
+        self.i = min(self.i + end + 1, len(self.buf)) if len(ends) else self.i
+        self.line += len(ends)
+        return block, starts.astype(np.int64), ends.astype(np.int64)
+
     def next_line(self) -> bytes | None:
         j = self.buf.find(b"\n", self.i)
         while j < 0:
@@ -640,43 +664,57 @@ class JsonlFormat(DatasetFormat):
     def read(
         self, path: str, ranges: Sequence[tuple[int, int]], read_index: bytes | None
     ) -> Iterator[tuple[int, Any]]:
-        for a, b, lines in self._raw_ranges(path, ranges, read_index):
-            del a, b
-            for line, raw in lines:
+        for _, b, cur, skipped in self._raw_ranges(path, ranges, read_index):
+            for line, raw in _range_lines(cur, b, skipped):
                 yield line, _parse_line(path, line, raw)
 
     def read_field(
         self, path: str, ranges: Sequence[tuple[int, int]], read_index: bytes | None, field: FieldRef
     ) -> Iterator[tuple[int, Any]]:
-        """One field of each sample, parsed by pyarrow's JSON reader a range at a time.
+        """One field of each sample, a whole range per pyarrow call.
 
-        Only the field is materialized, in C++ and outside the GIL; a range pyarrow refuses
-        (a value of another type, an odd line) is parsed line by line like ``read``.
+        The range's lines are cut out of the decompressed buffer in one piece (numpy finds the
+        newlines) and parsed by pyarrow's JSON reader with a schema holding only the field, in
+        C++ and outside the GIL. A range with blank or skipped lines, or one pyarrow refuses (a
+        value of another type), is parsed line by line like ``read``.
         """
         schema = arrow_read_schema({"v": field}, {"v": _STR})
         opts = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
-        for _, _, lines in self._raw_ranges(path, ranges, read_index):
-            batch = list(lines)
-            if not batch:
+        # one range is one small block: pyarrow's own threads cost more than they save here,
+        # and the stream already reads in a background thread
+        read_opts = pajson.ReadOptions(use_threads=False, block_size=1 << 24)
+        for a, b, cur, skipped in self._raw_ranges(path, ranges, read_index):
+            block, starts, ends = cur.take_block(b)
+            n = len(starts)
+            if n == 0:
                 continue
             values: list[Any] | None = None
-            block = b"\n".join(raw for _, raw in batch)
-            if not block.startswith(_BOM) and all(raw[:1] == b"{" for _, raw in batch):
-                try:
-                    table = pajson.read_json(pa.BufferReader(block), parse_options=opts)
-                    if table.num_rows == len(batch):
-                        values = lift_fields(table, {"v": field}, {"v": _STR}, path)["v"].to_pylist()
-                except (pa.ArrowInvalid, ValueError, KeyError):
-                    values = None
-            if values is None:
-                values = [extract(_parse_line(path, line, raw), field) for line, raw in batch]
-            for (line, _), value in zip(batch, values, strict=True):
-                yield line, value
+            lengths = ends - starts
+            clean = bool((lengths > 0).all()) and (not skipped or skipped.isdisjoint(range(a, a + n)))
+            if clean and not block.startswith(_BOM):
+                first = np.frombuffer(block, dtype=np.uint8)[starts]
+                if (first == _OPEN_BRACE).all():
+                    try:
+                        table = pajson.read_json(
+                            pa.BufferReader(block), read_options=read_opts, parse_options=opts
+                        )
+                        if table.num_rows == n:
+                            values = lift_fields(table, {"v": field}, {"v": _STR}, path)["v"].to_pylist()
+                    except (pa.ArrowInvalid, ValueError, KeyError):
+                        values = None
+            if values is not None:
+                yield from zip(range(a, a + n), values, strict=True)
+                continue
+            for k in range(n):
+                line, raw = a + k, block[starts[k] : ends[k]]
+                if line in skipped or (raw[:1] != b"{" and not raw.strip()):
+                    continue
+                yield line, extract(_parse_line(path, line, raw), field)
 
     def _raw_ranges(
         self, path: str, ranges: Sequence[tuple[int, int]], read_index: bytes | None
-    ) -> Iterator[tuple[int, int, Iterator[tuple[int, bytes]]]]:
-        """Per range, (start, stop, the raw non-blank lines of registered samples)."""
+    ) -> Iterator[tuple[int, int, _LineCursor, frozenset[int]]]:
+        """Per range, (start, stop, a cursor standing at line ``start``, the skipped lines)."""
         codec = _codec(path)
         if read_index is None:  # no index: stream from the start
             stride, lines = 1 << 62, None
@@ -700,6 +738,6 @@ class JsonlFormat(DatasetFormat):
                 while cur.line < a:
                     if cur.next_line() is None:
                         break
-                yield a, b, _range_lines(cur, b, skipped)
+                yield a, b, cur, skipped
         finally:
             src.close()
