@@ -1,0 +1,126 @@
+"""Turning a training step's per-token losses into Mixtera feedback (torch).
+
+A dynamic mixture needs, per mixture key, the summed loss and the token count of each
+step, over the whole data-parallel job. :func:`domain_loss_sums` computes them on one rank
+with ``index_add_`` (no Python loop over tokens); :func:`all_reduce_feedback` sums them
+over the data-parallel group; :class:`FeedbackReporter` does both and sends one message per
+step from one rank only (rank 0 of the group), so the server sees each step once.
+
+Typical use in a training step::
+
+    logits = model(batch["input_ids"]).logits
+    token_loss = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), reduction="none")
+    reporter.step(step, token_loss.view_as(batch["labels"]), batch["key_ids"])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+try:
+    import torch
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError("mixtera_core.feedback needs torch: pip install 'mixtera[torch]'") from e
+
+
+def domain_loss_sums(
+    token_losses: torch.Tensor, key_ids: torch.Tensor, num_keys: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-key loss sums and token counts (float64) of one step.
+
+    ``token_losses`` and ``key_ids`` have the same shape; tokens with a negative key id
+    (padding) are ignored. Gradients are not tracked.
+    """
+    if token_losses.shape != key_ids.shape:
+        raise ValueError(
+            f"token_losses {tuple(token_losses.shape)} and key_ids {tuple(key_ids.shape)} differ"
+        )
+    with torch.no_grad():
+        losses = token_losses.detach().reshape(-1).to(torch.float64)
+        keys = key_ids.reshape(-1).to(torch.long)
+        valid = keys >= 0
+        if bool((keys[valid] >= num_keys).any()):
+            raise ValueError(f"key ids must be < num_keys={num_keys}, got {int(keys.max())}")
+        keys, losses = keys[valid], losses[valid]
+        sums = torch.zeros(num_keys, dtype=torch.float64, device=losses.device).index_add_(0, keys, losses)
+        counts = torch.zeros(num_keys, dtype=torch.float64, device=losses.device).index_add_(
+            0, keys, torch.ones_like(losses)
+        )
+    return sums, counts
+
+
+def all_reduce_feedback(
+    sums: torch.Tensor, counts: torch.Tensor, group: Any = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum per-key losses and counts over the data-parallel group (a no-op without torch.distributed)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return sums, counts
+    both = torch.cat([sums, counts])
+    dist.all_reduce(both, op=dist.ReduceOp.SUM, group=group)
+    n = sums.numel()
+    return both[:n], both[n:]
+
+
+class FeedbackReporter:
+    """Computes, all-reduces and sends per-key feedback; only rank ``sender_rank`` sends.
+
+    ``every`` accumulates that many steps into one message (fewer round trips to a
+    server); the step sent is the last one of the window.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        job_id: str,
+        num_keys: int,
+        *,
+        every: int = 1,
+        group: Any = None,
+        sender_rank: int = 0,
+    ) -> None:
+        if every < 1:
+            raise ValueError("every must be >= 1")
+        self.client = client
+        self.job_id = job_id
+        self.num_keys = num_keys
+        self.every = every
+        self.group = group
+        self.sender_rank = sender_rank
+        self._sums = torch.zeros(num_keys, dtype=torch.float64)
+        self._counts = torch.zeros(num_keys, dtype=torch.float64)
+        self._pending = 0
+
+    def _is_sender(self) -> bool:
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return True
+        return (
+            dist.get_rank(self.group) == self.sender_rank
+            if self.group is not None
+            else dist.get_rank() == self.sender_rank
+        )
+
+    def step(
+        self, step: int, token_losses: torch.Tensor, key_ids: torch.Tensor
+    ) -> tuple[list[float], list[float]] | None:
+        """Account one step; returns the (losses, counts) sent, or None when nothing was sent."""
+        sums, counts = domain_loss_sums(token_losses, key_ids, self.num_keys)
+        self._sums += sums.cpu()
+        self._counts += counts.cpu()
+        self._pending += 1
+        if self._pending < self.every:
+            return None
+        total_sums, total_counts = all_reduce_feedback(self._sums, self._counts, self.group)
+        self._sums = torch.zeros_like(self._sums)
+        self._counts = torch.zeros_like(self._counts)
+        self._pending = 0
+        losses: Sequence[float] = total_sums.tolist()
+        tokens: Sequence[float] = total_counts.tolist()
+        if self._is_sender():
+            self.client.feedback(self.job_id, step=step, losses=list(losses), counts=list(tokens))
+            return list(losses), list(tokens)
+        return None
