@@ -3,8 +3,11 @@
 ``loss_weighted``: a simple, transparent baseline. Keeps an exponential moving average of
 each key's mean loss (loss sum / count) and sets the weights proportional to
 ``ema_loss ** power``, mixed with the initial weights (``prior_mix``) and floored at
-``min_weight``. Keys with a higher loss get more data. Stronger algorithms (ADO, ODM)
-implement the same interface.
+``min_weight``. Keys with a higher loss get more data.
+
+``ado``: Adaptive Data Optimization (per-domain scaling laws), see :mod:`.ado`.
+
+``odm``: Online Data Mixing (an EXP3 bandit on the training loss), see :mod:`.odm`.
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ import numpy as np
 
 from mixtera_core.hookspecs import hookimpl
 from mixtera_core.interfaces import MixingAlgorithm
+
+from .ado import ADO
+from .odm import ODM
 
 
 class LossWeighted(MixingAlgorithm):
@@ -71,4 +77,4 @@ class LossWeighted(MixingAlgorithm):
 
 @hookimpl
 def mixtera_mixing_algorithms() -> list[type[MixingAlgorithm]]:
-    return [LossWeighted]
+    return [LossWeighted, ADO, ODM]
