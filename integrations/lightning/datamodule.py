@@ -1,0 +1,314 @@
+"""``MixteraDataModule`` and ``MixteraFeedbackCallback`` for PyTorch Lightning (``lightning>=2.4``).
+
+**Data.** :class:`MixteraDataModule` streams one Mixtera job to every rank of a Lightning
+run. Give it a client and either a query (plus mixture and job options: the job is built
+in ``prepare_data`` on local rank 0 and attached to by every rank in ``setup``) or the id
+of an existing job; or give it a :class:`~mixtera_core.job.Job` directly. Each rank gets
+the data of its data-parallel group: ``dp_group = trainer.global_rank`` and ``node = 0``,
+so for pure DDP the job must be executed with ``dp_groups = trainer.world_size`` (pass
+``dp_group``/``node`` explicitly with tensor or pipeline parallelism). Batches are dicts
+of ``input_ids``, ``labels`` (already shifted by one: do not let the model shift again)
+and ``key_ids`` (the mixture key of every label token), each ``LongTensor[batch, seq_len]``.
+The DataLoader has exactly ``job.spec.num_workers`` workers.
+
+**Exact resume.** Lightning fetches one batch ahead of the training step, so the
+loader's own position at checkpoint time is one batch too far. The module therefore
+attaches the loader state to every batch and keeps, in ``on_before_batch_transfer``
+(called for the batch the step is about to train on), the state after the last batch
+actually trained on. :meth:`MixteraDataModule.state_dict` (gathered from all ranks, since
+only rank 0 writes the checkpoint) goes into every Lightning checkpoint and
+``Trainer.fit(model, datamodule=dm, ckpt_path=...)`` continues the stream exactly after
+the last trained batch. With a dynamic mixture and a local client, the job's mixture log
+and algorithm state (``client.checkpoint``) are stored too and restored on load.
+
+**Feedback.** :class:`MixteraFeedbackCallback` turns per-token losses into per-domain
+feedback at the end of every training batch (:class:`~mixtera_core.feedback.FeedbackReporter`:
+summed over all ranks, sent by rank 0 only). The LightningModule exposes the per-token
+losses (same shape as ``batch["labels"]``, padding ``-100`` labels may hold any value:
+their key id is ``-1``) in one of two ways::
+
+    def training_step(self, batch, batch_idx):
+        logits = self.model(batch["input_ids"]).logits
+        token_loss = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(),
+                                     reduction="none").view_as(batch["labels"])
+        return {"loss": token_loss.mean(), "token_loss": token_loss}   # 1. in the output dict
+        # or: self.mixtera_token_loss = token_loss; return token_loss.mean()  # 2. an attribute
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+try:
+    import lightning as L
+    import torch
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "mixtera_integrations.lightning needs Lightning: pip install 'mixtera[lightning]'"
+    ) from e
+
+from mixtera_core.errors import MixteraError
+from mixtera_core.feedback import FeedbackReporter
+from mixtera_core.job import Job
+from mixtera_core.mixture import DynamicMixture
+from mixtera_core.torch import MixteraDataLoader, MixteraDataset
+
+__all__ = ["MixteraDataModule", "MixteraFeedbackCallback"]
+
+#: batch key carrying the loader state after that batch (removed before the step sees the batch)
+STATE_KEY = "mixtera_loader_state"
+
+
+class _BatchesWithState:
+    """Iterates a :class:`MixteraDataLoader`, attaching its state after each batch to the batch.
+
+    Deliberately not a DataLoader and without ``state_dict``: Lightning neither re-creates it
+    (distributed sampler injection) nor saves its (prefetched, one batch too far) state.
+    """
+
+    def __init__(self, loader: MixteraDataLoader) -> None:
+        self.loader = loader
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for batch in self.loader:
+            batch[STATE_KEY] = copy.deepcopy(self.loader.state_dict())
+            yield batch
+
+
+def _world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class MixteraDataModule(L.LightningDataModule):
+    """A Mixtera job as a Lightning data module; see the module docstring.
+
+    ``source`` is a client (with ``query``, or with ``job_id``) or a :class:`Job`.
+    ``execute_options`` (``chunk_size``, ``seed``, ``dp_groups``, ``num_workers``,
+    ``on_exhausted``, ...) go to ``client.execute`` together with ``tokenizer`` and
+    ``seq_len``. ``loader_options`` go to the DataLoader (``pin_memory``, ...).
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        *,
+        query: Any = None,
+        mixture: Any = None,
+        job_id: str | None = None,
+        tokenizer: Any = None,
+        seq_len: int | None = None,
+        batch_size: int = 8,
+        dp_group: int | None = None,
+        node: int | None = None,
+        drop_last: bool = True,
+        loader_options: Mapping[str, Any] | None = None,
+        **execute_options: Any,
+    ) -> None:
+        super().__init__()
+        self.client: Any = None
+        self.job: Job | None = None
+        if isinstance(source, Job):
+            if query is not None:
+                raise MixteraError("MixteraDataModule: pass a query with a client, not with a Job")
+            self.job = source
+            self.job_id: str | None = source.spec.job_id
+        else:
+            self.client = source
+            if (query is None) == (job_id is None):
+                raise MixteraError(
+                    "MixteraDataModule needs either query= (to execute a job) or job_id= (to attach to one)"
+                )
+            self.job_id = job_id
+        self.query, self.mixture = query, mixture
+        self.execute_options = dict(execute_options)
+        if tokenizer is not None:
+            self.execute_options["tokenizer"] = tokenizer
+        if seq_len is not None:
+            self.execute_options["seq_len"] = seq_len
+        self.batch_size = batch_size
+        self.dp_group, self.node = dp_group, node
+        self.drop_last = drop_last
+        self.loader_options = dict(loader_options or {})
+        self.loader: MixteraDataLoader | None = None
+        self._consumed: dict[str, Any] | None = None  # loader state after the last trained batch
+        self._to_load: dict[str, Any] | None = None  # this rank's loader state from a checkpoint
+
+    # ------------------------------------------------------------------ job
+
+    def _execute(self) -> str:
+        assert self.client is not None
+        job_id: str = self.client.execute(self.query, self.mixture, **self.execute_options)
+        return job_id
+
+    def prepare_data(self) -> None:
+        """Local rank 0 builds the job (once; executing the same spec again attaches to it)."""
+        if self.job is None and self.query is not None:
+            self.job_id = self._execute()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.job is not None:
+            return
+        if self.query is not None:
+            self.job_id = self._execute()  # the job exists by now: this attaches
+        assert self.job_id is not None
+        self.job = self.client.job(self.job_id)
+
+    def _topology(self) -> tuple[int | None, int | None]:
+        if self.dp_group is not None or self.node is not None:
+            return self.dp_group, self.node
+        trainer = self._trainer_or_none()
+        if trainer is None:
+            return None, None  # MixteraDataset falls back to torch.distributed
+        assert self.job is not None
+        world, groups = trainer.world_size, self.job.spec.dp_groups
+        if world != groups:
+            raise MixteraError(
+                f"the Lightning trainer has world size {world} but job {self.job.spec.job_id!r} has "
+                f"dp_groups={groups}; execute the job with dp_groups={world} (pure data parallelism), "
+                f"or pass dp_group= and node= to MixteraDataModule (tensor/pipeline parallelism)"
+            )
+        return trainer.global_rank, 0
+
+    def _trainer_or_none(self) -> Any:
+        return getattr(self, "trainer", None)
+
+    # ------------------------------------------------------------------ data
+
+    def train_dataloader(self) -> Any:
+        if self.job is None:
+            self.setup("fit")
+        assert self.job is not None
+        dp_group, node = self._topology()
+        dataset = MixteraDataset(self.job, dp_group, node, output="text", drop_last=self.drop_last)
+        workers = self.job.spec.num_workers
+        self.loader = MixteraDataLoader(
+            dataset, self.batch_size, num_workers=workers if workers > 1 else 0, **self.loader_options
+        )
+        if self._to_load is not None:
+            self.loader.load_state_dict(self._to_load)
+            self._consumed, self._to_load = copy.deepcopy(self._to_load), None
+        return _BatchesWithState(self.loader)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if isinstance(batch, dict) and STATE_KEY in batch:
+            self._consumed = batch.pop(STATE_KEY)
+        return batch
+
+    # ------------------------------------------------------------------ state
+
+    def _local_state(self) -> dict[str, Any] | None:
+        if self._consumed is not None:
+            return self._consumed
+        if self._to_load is not None:
+            return self._to_load
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"job_id", "streams": {"<dp_group>/<node>": loader state}, "job": client checkpoint or None}``.
+
+        Collective under torch.distributed (every rank's stream state is gathered), as
+        Lightning calls it on every rank and rank 0 writes the checkpoint.
+        """
+        import torch.distributed as dist
+
+        local = self._local_state()
+        states: list[Any] = [local]
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            states = [None] * dist.get_world_size()
+            dist.all_gather_object(states, local)
+        streams = {f"{s['dp_group']}/{s['node']}": s for s in states if s is not None}
+        job_state = None
+        if (
+            self.client is not None
+            and self.job is not None
+            and isinstance(self.job.mixture, DynamicMixture)
+            and hasattr(self.client, "checkpoint")
+        ):
+            job_state = self.client.checkpoint(self.job.spec.job_id)
+        return {"job_id": self.job_id, "streams": streams, "job": job_state}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore this rank's stream position (and the job's mixture state) from :meth:`state_dict`."""
+        if self.job is None:
+            self.setup("fit")
+        assert self.job is not None
+        if state_dict.get("job_id") not in (None, self.job.spec.job_id):
+            raise MixteraError(
+                f"the checkpoint's data state is for job {state_dict.get('job_id')!r}, "
+                f"this data module streams {self.job.spec.job_id!r}"
+            )
+        if state_dict.get("job") is not None and self.client is not None:
+            self.client.restore(self.job.spec.job_id, state_dict["job"])
+        dp_group, node = self._topology()
+        if dp_group is None:
+            dp_group = _world()[0] if self.job.spec.dp_groups > 1 else 0
+        mine = state_dict.get("streams", {}).get(f"{dp_group}/{node or 0}")
+        self._to_load = mine
+        self._consumed = None
+        if self.loader is not None and mine is not None:  # loader exists already: restore it now
+            self.loader.load_state_dict(mine)
+            self._consumed, self._to_load = copy.deepcopy(mine), None
+
+
+class MixteraFeedbackCallback(L.Callback):
+    """Sends per-domain losses of every training batch to the job's mixing algorithm.
+
+    Per-token losses come from the training step's output dict (``output_key``, default
+    ``"token_loss"``) or else from the attribute ``attribute`` of the LightningModule
+    (default ``mixtera_token_loss``); key ids from ``batch["key_ids"]``. The client and job
+    are the :class:`MixteraDataModule`'s unless given. ``every`` accumulates that many
+    batches per message. Jobs with a static mixture get no feedback (the callback is a no-op).
+    """
+
+    def __init__(
+        self,
+        client: Any = None,
+        job_id: str | None = None,
+        *,
+        every: int = 1,
+        output_key: str = "token_loss",
+        attribute: str = "mixtera_token_loss",
+    ) -> None:
+        self.client, self.job_id = client, job_id
+        self.every, self.output_key, self.attribute = every, output_key, attribute
+        self.reporter: FeedbackReporter | None = None
+        self.sent = 0
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        dm = getattr(trainer, "datamodule", None)
+        client = self.client if self.client is not None else getattr(dm, "client", None)
+        job = getattr(dm, "job", None)
+        job_id = self.job_id or (job.spec.job_id if job is not None else None)
+        if client is None or job_id is None:
+            raise MixteraError(
+                "MixteraFeedbackCallback needs a client and a job: use a MixteraDataModule built from a "
+                "client, or pass client= and job_id= to the callback"
+            )
+        if job is None or job.spec.job_id != job_id:
+            job = client.job(job_id)
+        self.client, self.job_id = client, job_id
+        if isinstance(job.mixture, DynamicMixture):
+            self.reporter = FeedbackReporter(client, job_id, len(job.key_names), every=self.every)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self.reporter is None:
+            return
+        token_loss = outputs.get(self.output_key) if isinstance(outputs, Mapping) else None
+        if token_loss is None:
+            token_loss = getattr(pl_module, self.attribute, None)
+        if not isinstance(token_loss, torch.Tensor):
+            raise MixteraError(
+                f"MixteraFeedbackCallback found no per-token losses: return {{'loss': ..., "
+                f"{self.output_key!r}: token_loss}} from training_step, or set self.{self.attribute} = "
+                f"token_loss (same shape as batch['labels'], reduction='none')"
+            )
+        if self.reporter.step(trainer.global_step, token_loss, batch["key_ids"]) is not None:
+            self.sent += 1
