@@ -26,7 +26,9 @@ the same run:
   called directly through the gRPC stub by one client on an otherwise idle server,
   ``--chunk-calls`` consecutive chunks of a fresh job (each one planned on request), then
   the same chunks again (served from the runtime's cache).
-- **feedback acks**: a ``DynamicMixture(..., "loss_weighted")`` job; one client process
+- **feedback acks**: a ``DynamicMixture(..., "ado")`` job (warm-up and refit every
+  ``--refit-every`` steps, so several scaling-law refits run during the calls; ``--algorithm``
+  picks another plugin); one client process
   streams it remotely while this process sends ``--feedback`` ``client.feedback()`` calls
   back to back (one per step, random per-key losses), timing each acknowledgement (p50 /
   p99 / max; target p99 < 10 ms). The server applies each one (a refit, a mixture change at
@@ -474,6 +476,12 @@ def bench_chunks(
         )
 
 
+def algorithm_options(args: argparse.Namespace) -> dict[str, Any]:
+    if args.algorithm == "ado":
+        return {"warmup": args.refit_every, "refit_every": args.refit_every, "subsample": 1}
+    return {}
+
+
 def bench_feedback(pool: Pool, server: Server, args: argparse.Namespace, mixture: dict[str, float]) -> None:
     from mixtera_core import MixteraClient, Query
     from mixtera_core.mixture import DynamicMixture
@@ -481,7 +489,7 @@ def bench_feedback(pool: Pool, server: Server, args: argparse.Namespace, mixture
     section = "feedback"
     print(
         f"\nfeedback acks: {args.feedback} client.feedback() calls back to back, DynamicMixture "
-        f"loss_weighted, while one client streams the job remotely"
+        f"{args.algorithm} (refits every {args.refit_every} steps), while one client streams the job remotely"
     )
     p50s, p99s, maxs, drains, changes, stream_rates, server_cpu = [], [], [], [], [], [], []
     rng = random.Random(0)
@@ -490,7 +498,7 @@ def bench_feedback(pool: Pool, server: Server, args: argparse.Namespace, mixture
         for r in range(args.repeat):
             job_id = rc.execute(
                 Query.for_job(f"bench-server-feedback-r{r}"),
-                DynamicMixture(mixture, "loss_weighted"),
+                DynamicMixture(mixture, args.algorithm, **algorithm_options(args)),
                 chunk_size=args.chunk_size,
                 seed=r,
                 on_exhausted="repeat",
@@ -557,6 +565,8 @@ def main() -> None:
     ap.add_argument("--chunk-size", type=int, default=512)
     ap.add_argument("--chunk-calls", type=int, default=500, help="GetChunk calls per repeat (idle server)")
     ap.add_argument("--feedback", type=int, default=500, help="feedback calls per repeat")
+    ap.add_argument("--algorithm", default="ado", help="mixing algorithm of the feedback job")
+    ap.add_argument("--refit-every", type=int, default=100, help="ado: warm-up and refit interval (steps)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--only", default="throughput,chunks,feedback", help="comma-separated sections")
     ap.add_argument("--verbose", action="store_true", help="print every repeat")

@@ -74,8 +74,8 @@ def run(client: MixteraClient, name: str, mixture, tokenizer: str, args: argpars
             float(detached[keys == k].mean()) if bool((keys == k).any()) else float("nan") for k in range(3)
         ]
         if reporter is not None:
-            reporter.step(step, token_loss, keys)
-        weights = j.log.at(max(client._horizon(job) - 1, 0))
+            reporter.step(step, token_loss, keys, batch["chunk_index"])
+        weights = j.log.at(int(batch["chunk_index"].max()))  # the mixture this batch was drawn with
         kw = [float(weights[j.resolved.component_key == k].sum()) for k in range(3)]
         rows.append(
             {

@@ -1,13 +1,15 @@
-"""MixteraClient: one interface to a Mixtera catalog, embedded (local) or, later, remote.
+"""MixteraClient: one interface to a Mixtera catalog, embedded (local) or remote.
 
 ``MixteraClient.local(db_dir)`` runs everything in this process on an embedded DuckDB
-catalog. A remote client will implement the same abstract interface over gRPC, so
-training code does not change when it moves from one GPU to a cluster.
+catalog. ``MixteraClient.remote(host, port)`` implements the same abstract interface over
+gRPC, so training code does not change when it moves from one GPU to a cluster.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import numbers
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -30,6 +32,8 @@ if TYPE_CHECKING:
     from .remote import RemoteMixteraClient
 
 Location = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
+
+log = logging.getLogger(__name__)
 
 
 class MixteraClient(ABC):
@@ -143,7 +147,8 @@ class MixteraClient(ABC):
         Options: ``chunk_size``, ``seed``, ``dp_groups``, ``nodes_per_group``, ``num_workers``,
         ``on_exhausted`` ("stop" | "redistribute" | "repeat"), ``block_size``, ``text_field``;
         token mode: ``tokenizer=(plugin, source)``, ``tokenizer_options``, ``seq_len``,
-        ``add_bos``, ``add_eos``; schedules: ``samples_per_step``. Returns the job id (the
+        ``add_bos``, ``add_eos``; schedules: ``samples_per_step``; dynamic mixtures:
+        ``feedback_delay`` (see :meth:`feedback`). Returns the job id (the
         query's). Executing the same spec again is a no-op; another spec under the same
         id is an error.
         """
@@ -163,12 +168,30 @@ class MixteraClient(ABC):
         """Re-create a job from ``checkpoint()`` output, e.g. in a fresh process."""
 
     @abstractmethod
-    def feedback(self, job_id: str, step: int, losses: Sequence[float], counts: Sequence[float]) -> None:
-        """Per-key loss sums and token counts of one training step (dynamic mixtures)."""
+    def feedback(
+        self,
+        job_id: str,
+        step: int,
+        losses: Sequence[float],
+        counts: Sequence[float],
+        position: int | None = None,
+    ) -> None:
+        """Per-key loss sums and token counts of one training step (dynamic mixtures).
+
+        ``position`` is the highest chunk index the trainer has consumed so far (the
+        ``chunk_index`` of the step's batch, maximised over ranks; the feedback helpers do
+        this). A resulting mixture change takes effect at chunk ``position + 1 +
+        feedback_delay``, a function of the data alone, so replaying the same feedback gives
+        the same chunks. Should the streams have planned past that chunk already (a delay too
+        short for their read-ahead), the change is moved to the first unplanned chunk and
+        marked ``late`` in the job's changes. Without ``position`` a change always starts at
+        the first unplanned chunk, which depends on read-ahead timing.
+        """
 
     @abstractmethod
-    def report_step(self, job_id: str, step: int) -> None:
-        """The training step reached (schedules without ``samples_per_step``)."""
+    def report_step(self, job_id: str, step: int, position: int | None = None) -> None:
+        """The training step reached (schedules without ``samples_per_step``); ``position`` as
+        for :meth:`feedback`."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (database handles, connections)."""
@@ -191,6 +214,7 @@ class LocalMixteraClient(MixteraClient):
         self._streams: dict[str, list[JobStream]] = {}
         self._runtimes: dict[str, JobRuntime] = {}
         self._horizon_floor: dict[str, int] = {}  # see reserve_horizon()
+        self._warned_late: set[str] = set()
 
     def register_dataset(
         self,
@@ -494,16 +518,65 @@ class LocalMixteraClient(MixteraClient):
             self._algorithms[job_id].load_state_dict(state["algorithm"])
         job.save(self._job_dir(job_id))
 
-    def feedback(self, job_id: str, step: int, losses: Sequence[float], counts: Sequence[float]) -> None:
-        job = self.job(job_id)
+    def feedback(
+        self,
+        job_id: str,
+        step: int,
+        losses: Sequence[float],
+        counts: Sequence[float],
+        position: int | None = None,
+    ) -> None:
+        weights = self.update_algorithm(job_id, step, losses, counts)
+        if weights is not None:
+            self.apply_key_weights(job_id, weights, step, position)
+
+    def update_algorithm(
+        self, job_id: str, step: int, losses: Sequence[float], counts: Sequence[float]
+    ) -> Any:
+        """Feed one step to the job's mixing algorithm and persist its state; the new key
+        weights or None. (Split from :meth:`apply_key_weights` so that a server can run the
+        algorithm without holding the job's planning lock.)"""
         algo = self._algorithms.get(job_id)
         if algo is None:
+            self.job(job_id)  # "no job ..." first
             raise JobError(f"job {job_id!r} has no dynamic mixture; feedback needs DynamicMixture(...)")
         weights = algo.update(step, losses, counts)
-        if weights is not None:
-            job.set_key_weights(self._horizon(job_id), weights, step, f"{algo.name} update")
-            job.save_log(self._job_dir(job_id))
         self._save_algorithm(job_id)
+        return weights
+
+    def apply_key_weights(self, job_id: str, weights: Any, step: int, position: int | None) -> None:
+        """Record new key weights from the algorithm at the chunk ``position`` implies."""
+        job = self.job(job_id)
+        chunk, details = self._change_chunk(job, position)
+        job.set_key_weights(chunk, weights, step, f"{self._algorithms[job_id].name} update", **details)
+        job.save_log(self._job_dir(job_id))
+
+    def _change_chunk(self, job: Job, position: int | None) -> tuple[int, dict[str, Any]]:
+        """Where a change takes effect: ``position + 1 + delay`` (never before an earlier change,
+        nor before a chunk some stream may have planned already)."""
+        job_id = job.spec.job_id
+        horizon = self._horizon(job_id)
+        last = job.log.entries[-1][0] if job.log.entries else 0
+        if position is None:
+            return max(horizon, last), {}
+        if isinstance(position, bool) or not isinstance(position, numbers.Integral) or position < -1:
+            raise JobError(f"position must be the consumed chunk index (an integer >= -1), got {position!r}")
+        position = int(position)
+        wanted = position + 1 + job.spec.delay
+        if wanted >= horizon:
+            return max(wanted, last), {"position": position}
+        if job_id not in self._warned_late:  # once per job: the changes keep the record
+            self._warned_late.add(job_id)
+            log.warning(
+                "job %s: mixture change for position %d wanted chunk %d, but chunks up to %d may be planned "
+                "already; it starts at %d instead (raise feedback_delay to keep replays identical)",
+                job_id,
+                position,
+                wanted,
+                horizon - 1,
+                max(horizon, last),
+            )
+        return max(horizon, last), {"position": position, "late": True}
 
     def _save_algorithm(self, job_id: str) -> None:
         algo = self._algorithms.get(job_id)
@@ -513,7 +586,7 @@ class LocalMixteraClient(MixteraClient):
                 json.dump(algo.state_dict(), fh)
             os.replace(path + ".tmp", path)
 
-    def report_step(self, job_id: str, step: int) -> None:
+    def report_step(self, job_id: str, step: int, position: int | None = None) -> None:
         job = self.job(job_id)
         mixture = job.mixture
         previous = getattr(job, "last_step", None)
@@ -523,8 +596,9 @@ class LocalMixteraClient(MixteraClient):
         for switch in mixture.switch_steps():
             if (previous is None or previous < switch) and step >= switch:
                 new = mixture.mixture_at(step).resolve(job.component_keys, job.index.component_sizes(), step)
+                chunk, details = self._change_chunk(job, position)
                 job.set_component_weights(
-                    self._horizon(job_id), new.weights, step, f"schedule switch at step {switch}"
+                    chunk, new.weights, step, f"schedule switch at step {switch}", **details
                 )
                 job.save_log(self._job_dir(job_id))
 

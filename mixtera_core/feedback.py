@@ -10,7 +10,11 @@ Typical use in a training step::
 
     logits = model(batch["input_ids"]).logits
     token_loss = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), reduction="none")
-    reporter.step(step, token_loss.view_as(batch["labels"]), batch["key_ids"])
+    reporter.step(step, token_loss.view_as(batch["labels"]), batch["key_ids"], batch["chunk_index"])
+
+Passing the batch's ``chunk_index`` lets the server place the resulting mixture change at a
+chunk derived from the data consumed (``position + 1 + feedback_delay``), so a rerun with the
+same feedback produces the same chunks; see :meth:`MixteraClient.feedback`.
 """
 
 from __future__ import annotations
@@ -64,6 +68,17 @@ def all_reduce_feedback(
     return both[:n], both[n:]
 
 
+def all_reduce_position(position: int, group: Any = None) -> int:
+    """The highest consumed chunk index over the data-parallel group."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return position
+    t = torch.tensor([position], dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+    return int(t.item())
+
+
 class FeedbackReporter:
     """Computes, all-reduces and sends per-key feedback; only rank ``sender_rank`` sends.
 
@@ -92,6 +107,7 @@ class FeedbackReporter:
         self._sums = torch.zeros(num_keys, dtype=torch.float64)
         self._counts = torch.zeros(num_keys, dtype=torch.float64)
         self._pending = 0
+        self._position: int | None = None
 
     def _is_sender(self) -> bool:
         import torch.distributed as dist
@@ -105,22 +121,37 @@ class FeedbackReporter:
         )
 
     def step(
-        self, step: int, token_losses: torch.Tensor, key_ids: torch.Tensor
+        self,
+        step: int,
+        token_losses: torch.Tensor,
+        key_ids: torch.Tensor,
+        chunk_index: torch.Tensor | int | None = None,
     ) -> tuple[list[float], list[float]] | None:
-        """Account one step; returns the (losses, counts) sent, or None when nothing was sent."""
+        """Account one step; returns the (losses, counts) sent, or None when nothing was sent.
+
+        ``chunk_index``: the batch's ``chunk_index`` (every rank passes it, or none does);
+        its maximum over the window and the group is sent as the feedback's ``position``.
+        """
         sums, counts = domain_loss_sums(token_losses, key_ids, self.num_keys)
         self._sums += sums.cpu()
         self._counts += counts.cpu()
         self._pending += 1
+        if chunk_index is not None:
+            here = int(chunk_index.max()) if isinstance(chunk_index, torch.Tensor) else int(chunk_index)
+            self._position = here if self._position is None else max(self._position, here)
         if self._pending < self.every:
             return None
         total_sums, total_counts = all_reduce_feedback(self._sums, self._counts, self.group)
+        position = None if self._position is None else all_reduce_position(self._position, self.group)
+        self._position = None
         self._sums = torch.zeros_like(self._sums)
         self._counts = torch.zeros_like(self._counts)
         self._pending = 0
         losses: Sequence[float] = total_sums.tolist()
         tokens: Sequence[float] = total_counts.tolist()
         if self._is_sender():
-            self.client.feedback(self.job_id, step=step, losses=list(losses), counts=list(tokens))
+            self.client.feedback(
+                self.job_id, step=step, losses=list(losses), counts=list(tokens), position=position
+            )
             return list(losses), list(tokens)
         return None

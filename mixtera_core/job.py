@@ -13,6 +13,7 @@ job id names the same stream across processes and restarts.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -68,6 +69,9 @@ class JobSpec:
     add_eos: bool = True
     token_estimate_samples: int = 512
     samples_per_step: int | None = None
+    # how many chunks after the consumed position a feedback-driven change takes effect;
+    # None: 8 * dp_groups * num_workers (covers the streams' and DataLoaders' read-ahead)
+    feedback_delay: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.job_id, str) or not _JOB_ID.match(self.job_id):
@@ -90,6 +94,17 @@ class JobSpec:
             raise JobError(f"seq_len must be a positive integer, got {self.seq_len!r}")
         if self.samples_per_step is not None and self.samples_per_step < 1:
             raise JobError(f"samples_per_step must be positive, got {self.samples_per_step!r}")
+        if self.feedback_delay is not None and (
+            not isinstance(self.feedback_delay, int) or not 0 <= self.feedback_delay <= 2**31
+        ):
+            raise JobError(f"feedback_delay must be an integer >= 0, got {self.feedback_delay!r}")
+
+    @property
+    def delay(self) -> int:
+        """Chunks between the consumed position a feedback names and the chunk its change starts at."""
+        if self.feedback_delay is not None:
+            return self.feedback_delay
+        return 8 * self.dp_groups * self.num_workers
 
     @property
     def token_mode(self) -> bool:
@@ -129,8 +144,10 @@ class Job:
     files: dict[int, FileEntry]
     tokens_per_sample: np.ndarray | None = None
     catalog_version: int = 0
-    # feedback-driven changes: (chunk index, step, reason); the weights themselves are in `log`
+    # feedback-driven changes: (chunk index, step, reason, ...); the weights themselves are in `log`
     changes: list[dict[str, Any]] = field(default_factory=list)
+    # changes made since the last save()/save_log(): appended to log.jsonl by save_log()
+    _unsaved: list[dict[str, Any]] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def key_names(self) -> list[str]:
@@ -151,16 +168,22 @@ class Job:
         """Key id (position in ``key_names``) of every component; -1 for unmatched ones."""
         return self.resolved.component_key
 
-    def set_key_weights(self, chunk_index: int, key_weights: Any, step: int | None, reason: str) -> None:
+    def set_key_weights(
+        self, chunk_index: int, key_weights: Any, step: int | None, reason: str, **details: Any
+    ) -> None:
         """Record a mixture change (weights per key of the job's mixture) from ``chunk_index`` on."""
         weights = reweight(self.resolved, self.index.component_sizes(), key_weights)
-        self.set_component_weights(chunk_index, weights, step, reason)
+        self.set_component_weights(chunk_index, weights, step, reason, **details)
 
     def set_component_weights(
-        self, chunk_index: int, weights: np.ndarray, step: int | None, reason: str
+        self, chunk_index: int, weights: np.ndarray, step: int | None, reason: str, **details: Any
     ) -> None:
+        """Record a change of the component weights from ``chunk_index`` on; ``details`` (JSON
+        values, e.g. the position a feedback named) are kept with the change."""
         self.log.add(chunk_index, weights)
-        self.changes.append({"chunk": chunk_index, "step": step, "reason": reason})
+        change = {"chunk": int(chunk_index), "step": step, "reason": reason, **details}
+        self.changes.append(change)
+        self._unsaved.append({**change, "weights": np.asarray(weights, dtype=np.float64).tolist()})
 
     # ------------------------------------------------------------------ persistence
 
@@ -209,10 +232,23 @@ class Job:
         _atomic_write(os.path.join(directory, "index.arrow"), index_bytes)
         _atomic_write(os.path.join(directory, "files.arrow"), files_bytes)
         _atomic_write(os.path.join(directory, "job.json"), job_json)
+        _remove(os.path.join(directory, LOG_FILE))  # job.json holds every change now
+        self._unsaved.clear()
 
     def save_log(self, directory: str) -> None:
-        """Persist only what changes while a job runs (mixture log, changes): job.json."""
-        _atomic_write(os.path.join(directory, "job.json"), self.to_parts_meta())
+        """Persist the changes made since the last save: appended to ``log.jsonl``, one line each.
+
+        Appending keeps the cost of a change constant however long the job runs (rewriting
+        job.json would grow with every change); :meth:`load` replays the lines.
+        """
+        if not self._unsaved:
+            return
+        lines = "".join(json.dumps(c) + "\n" for c in self._unsaved)
+        with open(os.path.join(directory, LOG_FILE), "a") as fh:
+            fh.write(lines)
+            fh.flush()
+            os.fsync(fh.fileno())
+        self._unsaved.clear()
 
     def to_parts_meta(self) -> bytes:
         return json.dumps(
@@ -233,7 +269,26 @@ class Job:
         for name in ("job.json", "index.arrow", "files.arrow"):
             with open(os.path.join(directory, name), "rb") as fh:
                 parts.append(fh.read())
-        return cls.from_parts(*parts)
+        job = cls.from_parts(*parts)
+        log_path = os.path.join(directory, LOG_FILE)
+        if os.path.exists(log_path):
+            with open(log_path) as fh:
+                for line in fh:
+                    if not line.endswith("\n"):
+                        break  # a line cut short by a crash: that change was never acknowledged as saved
+                    change = json.loads(line)
+                    weights = np.asarray(change.pop("weights"), dtype=np.float64)
+                    job.log.add(int(change["chunk"]), weights)
+                    job.changes.append(change)
+        return job
+
+
+LOG_FILE = "log.jsonl"
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
 
 
 def _atomic_write(path: str, data: bytes) -> None:
@@ -286,6 +341,7 @@ def make_spec(
     add_eos: bool = True,
     token_estimate_samples: int = 512,
     samples_per_step: int | None = None,
+    feedback_delay: int | None = None,
 ) -> JobSpec:
     try:
         mix = as_mixture(mixture)
@@ -318,4 +374,5 @@ def make_spec(
         add_eos=add_eos,
         token_estimate_samples=token_estimate_samples,
         samples_per_step=samples_per_step,
+        feedback_delay=feedback_delay,
     )

@@ -545,15 +545,29 @@ class RemoteMixteraClient(MixteraClient):
         with self._lock:
             self._jobs.pop(job_id, None)
 
-    def feedback(self, job_id: str, step: int, losses: Sequence[float], counts: Sequence[float]) -> None:
+    def feedback(
+        self,
+        job_id: str,
+        step: int,
+        losses: Sequence[float],
+        counts: Sequence[float],
+        position: int | None = None,
+    ) -> None:
         """Acknowledged by the server at once; applied there in the order sent."""
         request = pb.FeedbackRequest(
-            job_id=job_id, step=step, losses=[float(x) for x in losses], counts=[float(x) for x in counts]
+            job_id=job_id,
+            step=step,
+            losses=[float(x) for x in losses],
+            counts=[float(x) for x in counts],
+            position=None if position is None else int(position),
         )
         self._call.unary("Feedback", request, idempotent=False)
 
-    def report_step(self, job_id: str, step: int) -> None:
-        self._call.unary("ReportStep", pb.StepRequest(job_id=job_id, step=step), idempotent=False)
+    def report_step(self, job_id: str, step: int, position: int | None = None) -> None:
+        request = pb.StepRequest(
+            job_id=job_id, step=step, position=None if position is None else int(position)
+        )
+        self._call.unary("ReportStep", request, idempotent=False)
 
     def report(self, job_id: str) -> JobReport:
         self._flush(job_id)

@@ -54,19 +54,23 @@ def load_tokenizer(spec: TokenizerSpec, plugins: PluginManager | None = None) ->
 
 @dataclass
 class StreamSample:
-    """One sample in sample mode: its mixture key, key id, and the text or record."""
+    """One sample in sample mode: its mixture key, key id, the text or record, and the
+    (global) index of the chunk it came from (what feedback names as its ``position``)."""
 
     key: str
     key_id: int
     data: Any
+    chunk: int = -1
 
 
 @dataclass
 class TokenSequence:
-    """``seq_len + 1`` tokens and the key id of each (``-1`` never occurs: every token has a key)."""
+    """``seq_len + 1`` tokens and the key id of each (``-1`` never occurs: every token has a key);
+    ``chunk``: the highest (global) chunk index its tokens came from."""
 
     tokens: np.ndarray
     key_ids: np.ndarray
+    chunk: int = -1
 
 
 class ChunkSource(Protocol):
@@ -421,7 +425,7 @@ class JobStream:
                 key_id, data = prep.items[s]
                 self._position = {"own": prep.own, "sample": s + 1, "token": 0, "snapshot": prep.snapshot}
                 self.delivered[key_id] += 1
-                yield StreamSample(self._key_names[key_id], key_id, data)
+                yield StreamSample(self._key_names[key_id], key_id, data, prep.index)
 
     def _iter_tokens(self) -> Iterator[TokenSequence]:
         length = int(self.job.spec.seq_len or 0) + 1
@@ -429,7 +433,9 @@ class JobStream:
         buf: deque[list[Any]] = deque()
         buffered = 0
         first = True
+        last_chunk = -1
         for prep in self._prefetched():
+            last_chunk = prep.index
             if first:
                 start, start_token = int(self._start["sample"]), int(self._start["token"])
             else:
@@ -470,7 +476,7 @@ class JobStream:
                             "snapshot": prep.snapshot,
                         }
                     self.delivered += np.bincount(keys, minlength=len(self.delivered))
-                    yield TokenSequence(seq, keys)
+                    yield TokenSequence(seq, keys, prep.index)
             first = False
         if buf and not self.drop_last:  # the stream's final, shorter sequence
             tail = [(seg[3][seg[2] :], seg[4]) for seg in buf]
@@ -478,7 +484,7 @@ class JobStream:
             keys = np.concatenate([np.full(len(t), k, dtype=np.int64) for t, k in tail])
             last = buf[-1]
             self._position = {"own": last[0], "sample": last[1] + 1, "token": 0, "snapshot": last[5]}
-            yield TokenSequence(seq, keys)
+            yield TokenSequence(seq, keys, last_chunk)
 
 
 def _decoder(spec: str) -> Any:

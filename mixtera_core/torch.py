@@ -33,7 +33,10 @@ Create the dataset after ``init_process_group``.
 **Items.** Token mode: ``input_ids``, ``labels`` (the sequence shifted by one) and
 ``key_ids`` (the mixture key id of every label token), each a ``LongTensor[seq_len]``.
 Sample mode: ``text`` (``output="text"``) or ``record`` (``output="record"``), ``key``
-(the mixture key as a string) and ``key_id``. Every item also carries ``mixtera_worker``
+(the mixture key as a string) and ``key_id``. Both modes add ``chunk_index`` (a scalar
+``LongTensor``: the global chunk the item came from; the feedback helpers send its maximum
+as the ``position`` of a step, which makes mixture changes replayable — see
+:meth:`MixteraClient.feedback`). Every item also carries ``mixtera_worker``
 (its stream worker) and ``mixtera_state`` (that stream's state right after the item);
 :meth:`MixteraDataset.collate` keeps those of the batch's last item and
 :class:`MixteraDataLoader` strips them before the batch reaches the trainer.
@@ -214,7 +217,12 @@ class MixteraDataset(tud.IterableDataset[dict[str, Any]]):
             yield out
 
     def _sample_item(self, item: StreamSample) -> dict[str, Any]:
-        return {self.output: item.data, "key": item.key, "key_id": item.key_id}
+        return {
+            self.output: item.data,
+            "key": item.key,
+            "key_id": item.key_id,
+            "chunk_index": torch.tensor(item.chunk, dtype=torch.long),
+        }
 
     def _token_item(self, item: TokenSequence) -> dict[str, Any]:
         tokens = torch.from_numpy(item.tokens)
@@ -225,6 +233,7 @@ class MixteraDataset(tud.IterableDataset[dict[str, Any]]):
         if short > 0:  # the final sequence of a stream with drop_last=False
             fill = {"input_ids": self._padding_id(), "labels": IGNORE_INDEX, "key_ids": -1}
             out = {k: torch.cat([v, torch.full((short,), fill[k], dtype=torch.long)]) for k, v in out.items()}
+        out["chunk_index"] = torch.tensor(item.chunk, dtype=torch.long)
         return out
 
     def _padding_id(self) -> int:

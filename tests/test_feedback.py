@@ -16,8 +16,8 @@ class Recorder:
     def __init__(self):
         self.calls = []
 
-    def feedback(self, job_id, step, losses, counts):
-        self.calls.append((job_id, step, losses, counts))
+    def feedback(self, job_id, step, losses, counts, position=None):
+        self.calls.append((job_id, step, losses, counts, position))
 
 
 def test_domain_loss_sums_match_a_loop():
@@ -39,9 +39,13 @@ def test_reporter_accumulates_windows():
     rec = Recorder()
     r = FeedbackReporter(rec, "job", 2, every=2)
     keys = torch.tensor([[0, 1, 1]])
-    assert r.step(1, torch.tensor([[1.0, 2.0, 3.0]]), keys) is None
-    sent = r.step(2, torch.tensor([[1.0, 1.0, 1.0]]), keys)
-    assert sent == ([2.0, 7.0], [2.0, 4.0]) and rec.calls == [("job", 2, [2.0, 7.0], [2.0, 4.0])]
+    assert r.step(1, torch.tensor([[1.0, 2.0, 3.0]]), keys, torch.tensor([4, 6])) is None
+    sent = r.step(2, torch.tensor([[1.0, 1.0, 1.0]]), keys, torch.tensor([5, 5]))
+    # the position is the highest chunk index of the window
+    assert sent == ([2.0, 7.0], [2.0, 4.0]) and rec.calls == [("job", 2, [2.0, 7.0], [2.0, 4.0], 6)]
+    r.step(3, torch.tensor([[1.0, 1.0, 1.0]]), keys)
+    r.step(4, torch.tensor([[1.0, 1.0, 1.0]]), keys)
+    assert rec.calls[-1][-1] is None  # no chunk indices given: no position
 
 
 def _rank_main(rank: int, world: int, init: str, out: str) -> None:
@@ -52,7 +56,7 @@ def _rank_main(rank: int, world: int, init: str, out: str) -> None:
     r = FeedbackReporter(rec, "job", 2)
     losses = torch.tensor([[float(rank + 1), 10.0]])
     keys = torch.tensor([[0, 1]])
-    r.step(5, losses, keys)
+    r.step(5, losses, keys, torch.tensor([3 + 7 * rank]))
     with open(os.path.join(out, f"rank{rank}.json"), "w") as fh:
         json.dump(rec.calls, fh)
     dist.destroy_process_group()
@@ -65,4 +69,5 @@ def test_all_reduce_over_two_gloo_ranks_and_one_sender(tmp_path):
     mp.spawn(_rank_main, args=(2, init, str(tmp_path)), nprocs=2, join=True)
     calls0 = json.loads((tmp_path / "rank0.json").read_text())
     calls1 = json.loads((tmp_path / "rank1.json").read_text())
-    assert calls0 == [["job", 5, [3.0, 20.0], [2.0, 2.0]]] and calls1 == []
+    # sums over ranks, the highest position of any rank, sent by rank 0 only
+    assert calls0 == [["job", 5, [3.0, 20.0], [2.0, 2.0], 10]] and calls1 == []

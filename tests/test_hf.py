@@ -126,7 +126,11 @@ def test_collator_plugin_and_errors(hclient, small_bpe, tmp_path):
     assert isinstance(ds, MixteraDataset)
     items = [it for _, it in zip(range(4), ds, strict=False)]
     batch = MixteraDataCollator()(items)
-    assert set(batch) == {"input_ids", "labels", "key_ids"} and batch["input_ids"].shape == (4, SEQ)
+    assert set(batch) == {"input_ids", "labels", "key_ids", "chunk_index"} and batch["input_ids"].shape == (
+        4,
+        SEQ,
+    )
+    assert batch["chunk_index"].shape == (4,)
     args = TrainingArguments(output_dir=str(tmp_path), max_steps=1, use_cpu=True, report_to=[])
     with pytest.raises(MixteraError, match="MixteraDataset"):
         MixteraTrainer(model=model(), args=args, train_dataset=[1, 2])

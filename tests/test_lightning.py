@@ -61,7 +61,7 @@ class Recorder(L.Callback):
         self.seen: dict[int, torch.Tensor] = {}
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        assert set(batch) == {"input_ids", "labels", "key_ids"}
+        assert set(batch) == {"input_ids", "labels", "key_ids", "chunk_index"}
         self.seen[trainer.global_step] = batch["input_ids"].clone()
 
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import math
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import write_jsonl
 
 from mixtera_core import MixteraClient, Query
+from mixtera_core.job import JobError
 from mixtera_core.mixture import DynamicMixture
 from mixtera_core.plugins import PluginManager
 from mixtera_plugins.mixing.ado import ADO, fit_scaling_law, floor_weights
@@ -377,16 +379,19 @@ def recorded_feedback(steps):
 
 
 def feed(client, job, stream, feedback, steps):
-    """One training step = one chunk consumed, then that step's feedback. The change is pinned to
-    take effect 4 chunks ahead: how far the background prefetch thread has planned when the
-    feedback arrives depends on thread timing, so without the pin the chunk at which a change
-    lands (and with it the stream) could differ between two otherwise identical runs."""
+    """One training step = one chunk consumed, then that step's feedback, which names the
+    highest chunk consumed as its position: the change lands at a chunk derived from the data
+    (position + 1 + feedback_delay), not at however far the prefetch thread has got."""
     items = []
     for i in steps:
-        items += take(stream, CHUNK)
-        client.reserve_horizon(job, i + 4)
+        position = -1
+        for item in stream:
+            items.append((item.key, item.data))
+            position = max(position, item.chunk)
+            if len(items) % CHUNK == 0:
+                break
         losses, counts = feedback[i]
-        client.feedback(job, step=i + 1, losses=losses, counts=counts)
+        client.feedback(job, step=i + 1, losses=losses, counts=counts, position=position)
     return items
 
 
@@ -397,12 +402,15 @@ def test_feedback_replay_is_deterministic(mclient, algorithm):
     for job_id in ("replay-a", "replay-b"):
         mixture = DynamicMixture(WEIGHTS, algorithm, **ALGOS[algorithm])
         job = mclient.execute(Query.for_job(job_id), mixture, chunk_size=CHUNK, seed=7, on_exhausted="repeat")
-        stream = mclient.stream(job, prefetch=1)
+        stream = mclient.stream(job, prefetch=3)
         runs.append(feed(mclient, job, stream, feedback, range(24)) + take(stream, 5 * CHUNK))
     assert runs[0] == runs[1]
     log_a, log_b = (mclient.checkpoint(j)["log"] for j in ("replay-a", "replay-b"))
     assert log_a == log_b and len(log_a) > 2  # the mixture did move, identically
     assert log_a[-1][1] != log_a[0][1]
+    delay = mclient.job("replay-a").spec.delay
+    for change in mclient.checkpoint("replay-a")["changes"]:
+        assert change["chunk"] == change["position"] + 1 + delay and "late" not in change
 
 
 @pytest.mark.parametrize("algorithm", ["ado", "odm"])
@@ -427,5 +435,40 @@ def test_checkpoint_restore_mid_run_continues_identically(mclient, algorithm):
         assert again == rest
         assert other.checkpoint(job)["algorithm"] == final["algorithm"]
         assert other.checkpoint(job)["log"] == final["log"]
+    finally:
+        other.close()
+
+
+def test_a_change_behind_the_planned_chunks_is_moved_and_marked_late(mclient):
+    mixture = DynamicMixture(WEIGHTS, "ado", **ALGOS["ado"])
+    job = mclient.execute(
+        Query.for_job("late"), mixture, chunk_size=CHUNK, seed=1, on_exhausted="repeat", feedback_delay=0
+    )
+    ahead = mclient.stream(job, prefetch=1)
+    take(ahead, 30 * CHUNK)  # a stream of this process has planned 30 chunks already
+    stream = mclient.stream(job, prefetch=1)
+    feedback = recorded_feedback(12)
+    feed(mclient, job, stream, feedback, range(12))  # positions 0..11: far behind chunk 30
+    changes = mclient.checkpoint(job)["changes"]
+    assert changes and all(c["late"] for c in changes)
+    assert all(c["chunk"] > c["position"] + 1 for c in changes)
+    with pytest.raises(JobError, match="position must be"):
+        mclient.feedback(job, step=13, losses=feedback[0][0], counts=feedback[0][1], position=-5)
+
+
+def test_changes_are_appended_to_the_log_file_and_reloaded(mclient):
+    mixture = DynamicMixture(WEIGHTS, "ado", **ALGOS["ado"])
+    job = mclient.execute(Query.for_job("appended"), mixture, chunk_size=CHUNK, seed=2, on_exhausted="repeat")
+    stream = mclient.stream(job)
+    feed(mclient, job, stream, recorded_feedback(16), range(16))
+    state = mclient.checkpoint(job)
+    directory = Path(mclient.catalog.db_dir) / "jobs" / job
+    lines = (directory / "log.jsonl").read_text().splitlines()
+    assert len(lines) == len(state["changes"]) > 2  # one line per change; job.json is not rewritten
+    other = MixteraClient.local(mclient.catalog.db_dir)
+    try:
+        again = other.checkpoint(job)
+        assert again["log"] == state["log"] and again["changes"] == state["changes"]
+        assert again["algorithm"] == state["algorithm"]
     finally:
         other.close()

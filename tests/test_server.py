@@ -277,6 +277,34 @@ def test_feedback_over_the_wire(rc, local):
         rc.feedback(job, 9, [1.0], [1])
 
 
+def test_feedback_with_positions_gives_the_same_stream_remote_and_local(rc, local):
+    """Changes placed at position + 1 + feedback_delay: the remote run (central planner, gRPC
+    prefetch) and the local run (planner replica) make the same changes at the same chunks."""
+    dyn = DynamicMixture(
+        {"language=python": 0.4, "language=c": 0.3, "language=en": 0.3}, "loss_weighted", prior_mix=0.0
+    )
+    kwargs = dict(chunk_size=20, on_exhausted="repeat", feedback_delay=3)
+    job = both(rc, local, (Query.for_job("dyn-pos"), dyn), kwargs)
+    runs, changes = [], []
+    for client in (rc, local):
+        stream, items = client.stream(job, prefetch=2), []
+        for step in range(1, 9):
+            position = -1
+            for item in stream:
+                items.append((item.key, item.data))
+                position = max(position, item.chunk)
+                if len(items) % 20 == 0:
+                    break
+            losses = [1.0 + step, 20.0 - 2 * step, 3.0]
+            client.feedback(job, step, losses, [10, 10, 10], position=position)
+        items += take(stream, 200)
+        runs.append(items)
+        changes.append(client.checkpoint(job)["changes"])
+    assert runs[0] == runs[1]
+    assert changes[0] == changes[1] and len(changes[0]) == 8
+    assert all(c["chunk"] == c["position"] + 4 and "late" not in c for c in changes[0])
+
+
 def test_checkpoint_restore_and_report(server, rc, local):
     job = both(rc, local, (Query.for_job("ck"), WEIGHTS), dict(chunk_size=25, on_exhausted="repeat"))
     full = take(local.stream(job), 200)

@@ -55,7 +55,8 @@ def batched(items: list, size: int) -> list[list]:
 
 
 def sample_rows(batch) -> list[tuple]:
-    return list(zip(batch["key"], batch["key_id"], batch["text"], strict=True))
+    chunks = batch["chunk_index"].tolist()
+    return list(zip(batch["key"], batch["key_id"], batch["text"], chunks, strict=True))
 
 
 def take(loader, n=None) -> list:
@@ -81,14 +82,15 @@ def same_token_batches(a: list[dict], b: list[dict]) -> bool:
 def test_sample_batches_are_the_streams_in_round_robin_order(mclient, num_workers):
     job = sample_job(mclient, f"s-w{num_workers}", num_workers=max(1, num_workers))
     streams = [
-        [(s.key, s.key_id, s.data) for s in JobStream(job, 0, 0, w)] for w in range(job.spec.num_workers)
+        [(s.key, s.key_id, s.data, s.chunk) for s in JobStream(job, 0, 0, w)]
+        for w in range(job.spec.num_workers)
     ]
     expected = round_robin([batched(items, 7) for items in streams])
     runs = []
     for _ in range(2):
         loader = MixteraDataLoader(MixteraDataset(job), batch_size=7, num_workers=num_workers)
         batches = take(loader)
-        assert all(set(b) == {"text", "key", "key_id"} for b in batches)
+        assert all(set(b) == {"text", "key", "key_id", "chunk_index"} for b in batches)
         runs.append([sample_rows(b) for b in batches])
     assert runs[0] == runs[1] == expected
     assert sum(len(b) for b in expected) == sum(len(s) for s in streams) > 1000
@@ -195,15 +197,18 @@ def test_token_batches_are_the_streams_in_round_robin_order(mclient, small_bpe, 
     for w in range(job.spec.num_workers):
         seqs = []
         for seq in JobStream(job, 0, 0, w):
-            seqs.append((torch.from_numpy(seq.tokens.copy()), torch.from_numpy(seq.key_ids.copy())))
+            seqs.append(
+                (torch.from_numpy(seq.tokens.copy()), torch.from_numpy(seq.key_ids.copy()), seq.chunk)
+            )
             if len(seqs) == n_batches * bs:
                 break
         per_worker.append(
             [
                 {
-                    "input_ids": torch.stack([t[:-1] for t, _ in b]),
-                    "labels": torch.stack([t[1:] for t, _ in b]),
-                    "key_ids": torch.stack([k[1:] for _, k in b]),
+                    "input_ids": torch.stack([t[:-1] for t, _, _ in b]),
+                    "labels": torch.stack([t[1:] for t, _, _ in b]),
+                    "key_ids": torch.stack([k[1:] for _, k, _ in b]),
+                    "chunk_index": torch.tensor([c for _, _, c in b]),
                 }
                 for b in batched(seqs, bs)
             ]
@@ -310,7 +315,7 @@ def test_torch_distributed_ranks_get_their_dp_group(mclient, tmp_path):
     for rank in range(2):
         with open(tmp_path / f"rank{rank}.json") as fh:
             res = json.load(fh)
-        expected = [[s.key, s.key_id, s.data] for s in JobStream(jobs["two"], rank)]
+        expected = [[s.key, s.key_id, s.data, s.chunk] for s in JobStream(jobs["two"], rank)]
         assert (res["dp_group"], res["node"]) == (rank, 0)
         assert res["rows"] == expected and len(expected) > 500
         assert "world size 2" in res["error"] and "dp_groups=1" in res["error"]

@@ -2,8 +2,9 @@
 
 **Data.** A :class:`~mixtera_core.torch.MixteraDataset` (a torch ``IterableDataset``) of a
 token-mode job is the ``train_dataset``; :func:`mixtera_dataset` makes one. Items are
-``input_ids``, ``labels`` (already shifted by one) and ``key_ids`` (the mixture key of every
-label token). Use :class:`MixteraTrainer`: its ``get_train_dataloader`` returns a
+``input_ids``, ``labels`` (already shifted by one), ``key_ids`` (the mixture key of every
+label token) and ``chunk_index`` (what the callback sends as the step's position; the
+trainer removes it before the model sees the batch). Use :class:`MixteraTrainer`: its ``get_train_dataloader`` returns a
 :class:`~mixtera_core.torch.MixteraDataLoader` with exactly ``job.spec.num_workers``
 workers (``args.dataloader_num_workers`` is not used) and no Accelerate re-sharding, and
 gives rank ``args.process_index`` the data of its dp_group when the job has
@@ -104,6 +105,7 @@ class MixteraTrainerCallback(TrainerCallback):
         self.sent = 0
         self._losses: list[torch.Tensor] = []
         self._keys: list[torch.Tensor] = []
+        self._position: int | None = None
 
     def bind(self, trainer: MixteraTrainer) -> None:
         self.trainer = trainer
@@ -120,18 +122,24 @@ class MixteraTrainerCallback(TrainerCallback):
                 self.client, job.spec.job_id, len(job.key_names), every=self.every
             )
 
-    def record(self, token_loss: torch.Tensor, key_ids: torch.Tensor) -> None:
-        """Per-token losses and key ids of one micro-batch (called by ``compute_loss``)."""
+    def record(
+        self, token_loss: torch.Tensor, key_ids: torch.Tensor, chunk_index: torch.Tensor | None = None
+    ) -> None:
+        """Per-token losses, key ids and chunk indices of one micro-batch (called by ``compute_loss``)."""
         if self.reporter is not None:
             self._losses.append(token_loss.detach().reshape(-1))
             self._keys.append(key_ids.reshape(-1))
+            if chunk_index is not None:
+                here = int(chunk_index.max())
+                self._position = here if self._position is None else max(self._position, here)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.reporter is None or not self._losses:
             return
         losses, keys = torch.cat(self._losses), torch.cat(self._keys)
+        position, self._position = self._position, None
         self._losses, self._keys = [], []
-        if self.reporter.step(state.global_step, losses, keys) is not None:
+        if self.reporter.step(state.global_step, losses, keys, position) is not None:
             self.sent += 1
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -225,6 +233,7 @@ class MixteraTrainer(Trainer):
         inputs = dict(inputs)
         inputs.pop(LOADER_STATE_KEY, None)
         key_ids = inputs.pop("key_ids")
+        chunk_index = inputs.pop("chunk_index", None)
         labels = inputs.pop("labels")
         outputs = model(**inputs)
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
@@ -236,7 +245,7 @@ class MixteraTrainer(Trainer):
         else:
             loss = token_loss.sum() / (labels != IGNORE_INDEX).sum().clamp(min=1)
         if model.training:
-            self.mixtera_callback.record(token_loss, key_ids)
+            self.mixtera_callback.record(token_loss, key_ids, chunk_index)
         return (loss, outputs) if return_outputs else loss
 
     # ------------------------------------------------------------------ state

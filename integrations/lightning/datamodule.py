@@ -8,8 +8,9 @@ the data of its data-parallel group: ``dp_group = trainer.global_rank`` and ``no
 so for pure DDP the job must be executed with ``dp_groups = trainer.world_size`` (pass
 ``dp_group``/``node`` explicitly with tensor or pipeline parallelism). Batches are dicts
 of ``input_ids``, ``labels`` (already shifted by one: do not let the model shift again)
-and ``key_ids`` (the mixture key of every label token), each ``LongTensor[batch, seq_len]``.
-The DataLoader has exactly ``job.spec.num_workers`` workers.
+and ``key_ids`` (the mixture key of every label token), each ``LongTensor[batch, seq_len]``,
+and ``chunk_index`` (``LongTensor[batch]``, which the feedback callback sends as the step's
+position). The DataLoader has exactly ``job.spec.num_workers`` workers.
 
 **Exact resume.** Lightning fetches one batch ahead of the training step, so the
 loader's own position at checkpoint time is one batch too far. The module therefore
@@ -310,5 +311,6 @@ class MixteraFeedbackCallback(L.Callback):
                 f"{self.output_key!r}: token_loss}} from training_step, or set self.{self.attribute} = "
                 f"token_loss (same shape as batch['labels'], reduction='none')"
             )
-        if self.reporter.step(trainer.global_step, token_loss, batch["key_ids"]) is not None:
+        position = batch.get("chunk_index") if isinstance(batch, Mapping) else None
+        if self.reporter.step(trainer.global_step, token_loss, batch["key_ids"], position) is not None:
             self.sent += 1

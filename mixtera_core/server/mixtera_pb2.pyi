@@ -135,24 +135,28 @@ class ReadReply(_message.Message):
     def __init__(self, sample_index: _Optional[_Iterable[int]] = ..., records_json: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class FeedbackRequest(_message.Message):
-    __slots__ = ("job_id", "step", "losses", "counts")
+    __slots__ = ("job_id", "step", "losses", "counts", "position")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     LOSSES_FIELD_NUMBER: _ClassVar[int]
     COUNTS_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     step: int
     losses: _containers.RepeatedScalarFieldContainer[float]
     counts: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, job_id: _Optional[str] = ..., step: _Optional[int] = ..., losses: _Optional[_Iterable[float]] = ..., counts: _Optional[_Iterable[float]] = ...) -> None: ...
+    position: int
+    def __init__(self, job_id: _Optional[str] = ..., step: _Optional[int] = ..., losses: _Optional[_Iterable[float]] = ..., counts: _Optional[_Iterable[float]] = ..., position: _Optional[int] = ...) -> None: ...
 
 class StepRequest(_message.Message):
-    __slots__ = ("job_id", "step")
+    __slots__ = ("job_id", "step", "position")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     step: int
-    def __init__(self, job_id: _Optional[str] = ..., step: _Optional[int] = ...) -> None: ...
+    position: int
+    def __init__(self, job_id: _Optional[str] = ..., step: _Optional[int] = ..., position: _Optional[int] = ...) -> None: ...
 
 class DeliveredRequest(_message.Message):
     __slots__ = ("job_id", "counts")

@@ -199,6 +199,14 @@ def _parsing(what: str) -> Iterator[None]:
         raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed {what}: {type(e).__name__}: {e}") from e
 
 
+def _position(request: Any) -> int | None:
+    if not request.HasField("position"):
+        return None
+    if request.position < -1:
+        raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"position must be >= -1, got {request.position}")
+    return int(request.position)
+
+
 def _json_object(text: str, what: str) -> dict[str, Any]:
     with _parsing(what):
         data = json.loads(text) if text else {}
@@ -255,7 +263,10 @@ def default_roots(engine: LocalMixteraClient) -> list[str]:
 
 @dataclass
 class _JobSlot:
-    lock: threading.RLock = field(default_factory=threading.RLock)
+    # lock order: algorithm -> lock -> counters
+    lock: threading.RLock = field(default_factory=threading.RLock)  # loading, planning, the mixture log
+    algorithm: threading.Lock = field(default_factory=threading.Lock)  # the mixing algorithm's updates
+    counters: threading.Lock = field(default_factory=threading.Lock)  # pending / errors
     loaded: bool = False
     reserved: int = 0  # chunks below this may have been handed out (persisted in server.json)
     horizon: int | None = None  # the runtime's horizon after the last chunk this process planned
@@ -342,20 +353,24 @@ class MixteraService(pb_grpc.MixteraServicer):
         self._ordered.submit(lambda: None).result()
 
     def _enqueue(self, job_id: str, slot: _JobSlot, what: str, fn: Callable[[], None]) -> None:
-        with slot.lock:
+        """Run ``fn`` on the ordered feedback thread; the caller acknowledges at once.
+
+        Only the small ``counters`` lock is taken here, so an acknowledgement never waits for
+        a refit or a chunk being planned; ``fn`` takes the locks it needs itself.
+        """
+        with slot.counters:
             slot.pending += 1
 
         def apply() -> None:
             try:
-                with slot.lock:
-                    fn()
+                fn()
             except Exception as e:  # the call was acknowledged already: record it for JobStatus
                 log.error("%s for job %s failed", what, job_id, exc_info=e)
-                with slot.lock:
+                with slot.counters:
                     slot.errors.append(f"{what}: {e}")
                     del slot.errors[:-20]
             finally:
-                with slot.lock:
+                with slot.counters:
                     slot.pending -= 1
 
         self._ordered.submit(apply)
@@ -642,19 +657,31 @@ class MixteraService(pb_grpc.MixteraServicer):
         if not all(math.isfinite(x) for x in losses + counts) or any(c < 0 for c in counts):
             raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "losses must be finite and counts finite and >= 0")
         step = int(request.step)
-        self._enqueue(
-            job_id,
-            slot,
-            f"feedback at step {step}",
-            lambda: self.engine.feedback(job_id, step, losses, counts),
-        )
+        position = _position(request)
+
+        def apply() -> None:
+            # the algorithm (a refit can take a while) runs outside the planning lock, so chunk
+            # requests are served meanwhile; only recording the change takes that lock
+            with slot.algorithm:
+                weights = self.engine.update_algorithm(job_id, step, losses, counts)
+                if weights is not None:
+                    with slot.lock:
+                        self.engine.apply_key_weights(job_id, weights, step, position)
+
+        self._enqueue(job_id, slot, f"feedback at step {step}", apply)
         return pb.Empty()
 
     @_unary
     def ReportStep(self, request: pb.StepRequest, context: grpc.ServicerContext) -> pb.Empty:
         job_id, step = request.job_id, int(request.step)
+        position = _position(request)
         slot = self._slot(job_id)
-        self._enqueue(job_id, slot, f"step report {step}", lambda: self.engine.report_step(job_id, step))
+
+        def apply() -> None:
+            with slot.lock:
+                self.engine.report_step(job_id, step, position)
+
+        self._enqueue(job_id, slot, f"step report {step}", apply)
         return pb.Empty()
 
     @_unary
@@ -675,7 +702,7 @@ class MixteraService(pb_grpc.MixteraServicer):
     def Checkpoint(self, request: pb.JobRequest, context: grpc.ServicerContext) -> pb.Json:
         slot = self._slot(request.job_id)
         self._barrier()
-        with slot.lock:
+        with slot.algorithm, slot.lock:
             state = self.engine.checkpoint(request.job_id)
         return pb.Json(json=_dumps(state))
 
@@ -693,7 +720,7 @@ class MixteraService(pb_grpc.MixteraServicer):
         self._barrier()
 
         def restore() -> None:
-            with slot.lock, _parsing("checkpoint"):
+            with slot.algorithm, slot.lock, _parsing("checkpoint"):
                 self.engine.restore(request.job_id, state)
                 slot.loaded = True
                 self._status.pop(request.job_id, None)
@@ -710,7 +737,7 @@ class MixteraService(pb_grpc.MixteraServicer):
             self._slot(job_id)  # NOT_FOUND for an unknown job
             status = {"state": "ready"}
         out = dict(status)
-        with slot.lock:
+        with slot.counters:
             out.update(
                 {
                     "horizon": slot.horizon,
