@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Generator, Iterable
+from collections import deque
+from collections.abc import Callable, Generator, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+R = TypeVar("R")
 _END = object()
 
 
@@ -52,3 +55,43 @@ def prefetch(items: Iterable[T], depth: int = 2, name: str = "mixtera-prefetch")
     finally:
         stop.set()
         thread.join()
+
+
+def parallel_map(
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    workers: int = 2,
+    depth: int = 2,
+    name: str = "mixtera-read",
+) -> Generator[R, None, None]:
+    """``fn`` over ``items`` on ``workers`` threads, results in the order of ``items``.
+
+    ``items`` is iterated by a :func:`prefetch` thread one item ahead (so producing an item,
+    e.g. planning or requesting the next chunk, stays off the consumer), and at most
+    ``depth + workers`` results are pending (so every worker has work while the consumer
+    takes ``depth`` finished ones): items are produced at most ``depth + workers + 1`` ahead
+    of the one the consumer holds (a mixture change scheduled a fixed number of chunks ahead
+    relies on such a bound). Worth it where ``fn`` releases the GIL
+    for much of its work (decompression, pyarrow parsing): two chunks are then read at once
+    on two cores. The order, and so the stream, does not depend on which thread finishes first.
+    """
+    if workers <= 1:
+        yield from prefetch((fn(x) for x in items), depth, name)
+        return
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
+    window = max(1, depth) + workers
+    pending: deque[Future[R]] = deque()
+    source = prefetch(items, 1, name + "-feed")
+    try:
+        for item in source:
+            pending.append(pool.submit(fn, item))
+            # hand over what is ready (the first chunk as soon as it is read), wait when the window is full
+            while pending and (len(pending) >= window or pending[0].done()):
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        source.close()
+        for f in pending:
+            f.cancel()
+        pool.shutdown(wait=True)

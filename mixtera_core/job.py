@@ -70,7 +70,8 @@ class JobSpec:
     token_estimate_samples: int = 512
     samples_per_step: int | None = None
     # how many chunks after the consumed position a feedback-driven change takes effect;
-    # None: 8 * dp_groups * num_workers (covers the streams' and DataLoaders' read-ahead)
+    # None: 16 * dp_groups * num_workers (covers the streams' and DataLoaders' read-ahead:
+    # planning runs up to prefetch + read_threads + 1 own chunks ahead, token mode 3 more)
     feedback_delay: int | None = None
 
     def __post_init__(self) -> None:
@@ -104,7 +105,7 @@ class JobSpec:
         """Chunks between the consumed position a feedback names and the chunk its change starts at."""
         if self.feedback_delay is not None:
             return self.feedback_delay
-        return 8 * self.dp_groups * self.num_workers
+        return 16 * self.dp_groups * self.num_workers
 
     @property
     def token_mode(self) -> bool:

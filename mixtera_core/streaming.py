@@ -16,7 +16,8 @@ buffer that carries over chunk boundaries, and cuts ``seq_len + 1`` token sequen
 Mixture weights hold in tokens because the planner weights components by their measured
 tokens per sample (see :func:`calibrate_tokens`).
 
-Reading and tokenizing run in a background thread that keeps ``prefetch`` chunks ready.
+Planning, reading and tokenizing run in background threads that keep ``prefetch`` chunks
+ready; ``read_threads`` (default 2) chunks are read at once, and handed over in order.
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ from __future__ import annotations
 import json
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
-from .background import prefetch
+from .background import parallel_map, prefetch
 from .chunking import Chunk, ChunkPlanner
 from .errors import MixteraError
 from .interfaces import FieldRef, Tokenizer
@@ -249,7 +250,8 @@ class JobStream:
 
     ``output`` (sample mode): ``"text"`` yields the text, ``"record"`` the whole record (for
     webdataset a dict of members as bytes; ``decode="pil"``/``"rgb8"``/... decodes image members
-    with webdataset's decoders).
+    with webdataset's decoders). ``read_threads``: chunks read at the same time (decompression
+    and parsing release the GIL, so two use two cores); 1 reads in the planning thread.
     """
 
     def __init__(
@@ -261,6 +263,7 @@ class JobStream:
         *,
         plugins: PluginManager | None = None,
         prefetch: int = 2,
+        read_threads: int = 2,
         output: str = "text",
         decode: str | None = None,
         dp_groups: int | None = None,
@@ -290,6 +293,7 @@ class JobStream:
         self.dp_group, self.node, self.worker = dp_group, node, worker
         self.plugins = plugins or get_plugin_manager()
         self.prefetch = max(1, prefetch)
+        self.read_threads = max(1, int(read_threads))
         self.output = output
         self._decoder = _decoder(decode) if decode else None
         self._key_ids = job.component_key_ids()
@@ -351,28 +355,37 @@ class JobStream:
 
     # -------------------------------------------------------------- producing
 
-    def _chunks(self) -> Iterator[_Prepared]:
-        """Chunks with their records (sample mode: the output values), in this stream's order."""
+    def _planned(self) -> Iterator[tuple[Chunk, int, dict[str, Any]]]:
+        """(chunk, own number, planner state before it) for this stream's chunks, in order."""
         source = self.chunk_source if self.chunk_source is not None else PlannerChunkSource(self.job)
         own = int(self._start["own"])
         snapshot_hint = self._start["snapshot"]
-        readers = self.readers if self.readers is not None else _FileReaders(self.job, self.plugins)
-        token_mode = self.job.spec.tokenizer is not None
         while True:
             chunk, snapshot = source.chunk(self.global_index(own), snapshot_hint)
             snapshot_hint = None
             self.planned_up_to = max(self.planned_up_to, self.global_index(own) + 1)
             if chunk is None:
                 return
-            text_only = token_mode or self.output == "text"
-            rows = chunk_records(self.job, chunk, readers, self._text_ref if text_only else None)
+            yield chunk, own, snapshot
+            own += 1
+
+    def _reader(self) -> Callable[[tuple[Chunk, int, dict[str, Any]]], _Prepared]:
+        """Reads one planned chunk's records (sample mode: the output values); thread-safe."""
+        readers = self.readers if self.readers is not None else _FileReaders(self.job, self.plugins)
+        token_mode = self.job.spec.tokenizer is not None
+        text_ref = self._text_ref if token_mode or self.output == "text" else None
+
+        def read(planned: tuple[Chunk, int, dict[str, Any]]) -> _Prepared:
+            chunk, own, snapshot = planned
+            rows = chunk_records(self.job, chunk, readers, text_ref)
             keys = [int(self._key_ids[c]) for c, _, _, _ in rows]
             if token_mode:
                 data = [self._text(rec, f, i) for _, f, i, rec in rows]
             else:
                 data = [self._sample_data(rec, f, i) for _, f, i, rec in rows]
-            yield _Prepared(chunk.index, own, snapshot, list(zip(keys, data, strict=True)))
-            own += 1
+            return _Prepared(chunk.index, own, snapshot, list(zip(keys, data, strict=True)))
+
+        return read
 
     def _tokenized(self, chunks: Iterator[_Prepared]) -> Iterator[_Prepared]:
         """Replace each chunk's texts by token arrays (a pipeline stage of its own)."""
@@ -398,11 +411,12 @@ class JobStream:
         return [np.asarray(bos + ids + eos, dtype=np.int64) for ids in tok.encode_batch(texts)]
 
     def _prefetched(self) -> Iterator[_Prepared]:
-        """Chunks read by a background thread, at most ``prefetch`` ahead; in token mode a second
-        thread tokenizes, so reading the next chunk overlaps tokenizing this one (both release the GIL
-        for much of their work)."""
+        """Chunks planned by a background thread and read by ``read_threads`` more (two chunks at
+        once: decompression and pyarrow parsing release the GIL), handed over in order at most
+        ``prefetch`` ahead; in token mode another thread tokenizes, so reading the next chunks
+        overlaps tokenizing this one."""
         name = f"mixtera-prefetch-{self.job.spec.job_id}"
-        chunks = prefetch(self._chunks(), self.prefetch, name)
+        chunks = parallel_map(self._reader(), self._planned(), self.read_threads, self.prefetch, name)
         if self.job.spec.tokenizer is None:
             return chunks
         return prefetch(self._tokenized(chunks), self.prefetch, name + "-tokenize")

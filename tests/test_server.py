@@ -283,7 +283,7 @@ def test_feedback_with_positions_gives_the_same_stream_remote_and_local(rc, loca
     dyn = DynamicMixture(
         {"language=python": 0.4, "language=c": 0.3, "language=en": 0.3}, "loss_weighted", prior_mix=0.0
     )
-    kwargs = dict(chunk_size=20, on_exhausted="repeat", feedback_delay=3)
+    kwargs = dict(chunk_size=20, on_exhausted="repeat", feedback_delay=8)
     job = both(rc, local, (Query.for_job("dyn-pos"), dyn), kwargs)
     runs, changes = [], []
     for client in (rc, local):
@@ -302,7 +302,7 @@ def test_feedback_with_positions_gives_the_same_stream_remote_and_local(rc, loca
         changes.append(client.checkpoint(job)["changes"])
     assert runs[0] == runs[1]
     assert changes[0] == changes[1] and len(changes[0]) == 8
-    assert all(c["chunk"] == c["position"] + 4 and "late" not in c for c in changes[0])
+    assert all(c["chunk"] == c["position"] + 9 and "late" not in c for c in changes[0])
 
 
 def test_checkpoint_restore_and_report(server, rc, local):

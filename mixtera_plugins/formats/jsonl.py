@@ -44,6 +44,7 @@ import contextlib
 import functools
 import json
 import os
+import threading
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, BinaryIO
@@ -197,6 +198,45 @@ def _parsed_index(
     )
 
 
+class _OpenCursors(threading.local):
+    """Each thread's open line cursors, by path (at most ``keep``, least recently used closed).
+
+    A stream reads a file chunk after chunk, and consecutive chunks often continue the same
+    block of lines: a cursor kept open there continues decompressing where the last read
+    stopped, instead of reopening the file and decompressing its frame from the start again.
+    A cursor is taken out while a read uses it, so two reads of one file never share one.
+    """
+
+    keep = 16
+
+    def __init__(self) -> None:  # runs once in every thread that uses it
+        self.cursors = _Cursors()
+
+    def take(self, path: str, make: Callable[[], _LineCursor], frames_dec: np.ndarray) -> _LineCursor:
+        cur = self.cursors.pop(path, None)
+        if cur is not None and cur.src.frames_dec is frames_dec:  # same (cached) read index
+            return cur
+        if cur is not None:
+            cur.src.close()
+        return make()
+
+    def put(self, path: str, cur: _LineCursor) -> None:
+        self.cursors[path] = cur
+        while len(self.cursors) > self.keep:
+            self.cursors.pop(next(iter(self.cursors))).src.close()
+
+
+class _Cursors(dict[str, "_LineCursor"]):
+    """One thread's cursors; a thread's local data is freed when it ends, and this closes its files."""
+
+    def __del__(self) -> None:
+        for cur in self.values():
+            cur.src.close()
+
+
+_OPEN = _OpenCursors()
+
+
 class _ByteSource:
     """Decompressed bytes of a file from any decompressed offset.
 
@@ -286,14 +326,17 @@ class _LineCursor:
         """Lines ``self.line .. stop - 1`` as one bytes block, with each line's start and end in it."""
         need = stop - self.line
         have = self.buf.count(b"\n", self.i)
+        parts: list[bytes] = []
         while have < need:
             more = self.src.read()
             if not more:
                 break
-            self.buf_off += self.i
-            self.buf = self.buf[self.i :] + more
-            self.i = 0
+            parts.append(more)
             have += more.count(b"\n")
+        if parts:  # one join: appending piece by piece would copy the block over and over
+            self.buf_off += self.i
+            self.buf = b"".join([self.buf[self.i :], *parts])
+            self.i = 0
         view = np.frombuffer(self.buf, dtype=np.uint8)[self.i :]
         nl = np.flatnonzero(view == _NEWLINE)[:need]
         ends = nl
@@ -724,8 +767,10 @@ class JsonlFormat(DatasetFormat):
         else:
             stride, lines, offsets, skipped, frames_comp, frames_dec, size = _parsed_index(read_index)
             check_unchanged(path, size)
-        src = _ByteSource(path, codec, frames_comp, frames_dec)
-        cur = _LineCursor(src)
+        cur = _OPEN.take(
+            path, lambda: _LineCursor(_ByteSource(path, codec, frames_comp, frames_dec)), frames_dec
+        )
+        keep = read_index is not None
         try:
             for a, b in ranges:
                 a = max(int(a), 0)
@@ -739,5 +784,13 @@ class JsonlFormat(DatasetFormat):
                     if cur.next_line() is None:
                         break
                 yield a, b, cur, skipped
+        except GeneratorExit:  # the reader stopped early: the cursor is at a line start still
+            raise
+        except BaseException:
+            keep = False  # e.g. a corrupt frame: do not reuse a cursor in an unknown state
+            raise
         finally:
-            src.close()
+            if keep:
+                _OPEN.put(path, cur)
+            else:
+                cur.src.close()
