@@ -13,6 +13,7 @@ import numbers
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -206,8 +207,17 @@ class MixteraClient(ABC):
 class LocalMixteraClient(MixteraClient):
     """Embedded client: catalog, query execution and reading in this process."""
 
-    def __init__(self, db_dir: str | os.PathLike[str], plugins: PluginManager | None = None) -> None:
+    def __init__(
+        self,
+        db_dir: str | os.PathLike[str],
+        plugins: PluginManager | None = None,
+        *,
+        algorithm_executor: Executor | None = None,
+    ) -> None:
+        """``algorithm_executor``: given to every mixing algorithm for its heavy computations
+        (see ``MixingAlgorithm.executor``); the server passes a process pool."""
         self.plugins = plugins or get_plugin_manager()
+        self.algorithm_executor = algorithm_executor
         self.catalog = Catalog(db_dir)
         self._jobs: dict[str, Job] = {}
         self._algorithms: dict[str, Any] = {}
@@ -407,10 +417,17 @@ class LocalMixteraClient(MixteraClient):
                 natural = job.index.component_sizes() * job.tokens_per_sample
                 job.log.entries[0] = (0, natural / natural.sum())
         if isinstance(mixture, DynamicMixture):
-            cls = self.plugins.mixing_algorithm(mixture.algorithm)
-            self._algorithms[spec.job_id] = cls(list(job.resolved.key_weights), **mixture.options)
+            self._algorithms[spec.job_id] = self._new_algorithm(job)
         job.save(self._job_dir(spec.job_id))
         return job
+
+    def _new_algorithm(self, job: Job) -> Any:
+        mixture = job.mixture
+        assert isinstance(mixture, DynamicMixture)
+        cls = self.plugins.mixing_algorithm(mixture.algorithm)
+        algo = cls(list(job.resolved.key_weights), **mixture.options)
+        algo.executor = self.algorithm_executor
+        return algo
 
     def _find_job(self, job_id: str) -> Job | None:
         if job_id in self._jobs:
@@ -421,8 +438,7 @@ class LocalMixteraClient(MixteraClient):
             self._jobs[job_id] = job
             mixture = job.mixture
             if isinstance(mixture, DynamicMixture) and job_id not in self._algorithms:
-                cls = self.plugins.mixing_algorithm(mixture.algorithm)
-                algo = cls(list(job.resolved.key_weights), **mixture.options)
+                algo = self._new_algorithm(job)
                 saved = os.path.join(directory, "algorithm.json")
                 if os.path.exists(saved):
                     with open(saved) as fh:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -205,6 +206,11 @@ class MixingAlgorithm(ABC):
     """
 
     name: ClassVar[str]
+    #: Where to run heavy, pure computations (a refit), set by the host: the server gives a
+    #: process pool, so a refit never holds the GIL that acknowledges feedback and serves
+    #: chunks. Submit picklable module-level functions and wait for their results (the result
+    #: must not depend on where it ran); None (embedded use): compute inline.
+    executor: Executor | None = None
 
     def __init__(self, initial_weights: Sequence[float], **options: Any) -> None:
         self.initial_weights = list(initial_weights)

@@ -156,6 +156,22 @@ def test_ado_state_round_trip_continues_identically():
     assert len(a.state_dict()["bins"]) <= options["max_points"]
 
 
+def test_ado_refits_in_a_process_pool_give_the_same_mixture():
+    """The server runs refits in a spawned process (MixingAlgorithm.executor) so that they never
+    hold its GIL; the mixture must not depend on where the fit ran."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    laws = [power_law(1.5, 8.0, 0.5), power_law(2.0, 0.5, 0.2), power_law(2.5, 3.0, 0.3)]
+    inline = simulate(ADO([0.2, 0.3, 0.5], **SMALL), laws, 250)
+    algo = ADO([0.2, 0.3, 0.5], **SMALL)
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        algo.executor = pool
+        pooled = simulate(algo, laws, 250)
+    assert np.array_equal(inline, pooled)
+    assert algo.last_fit is not None and np.abs(pooled[-1] - pooled[0]).max() > 0.01  # it refitted
+
+
 def test_ado_state_is_bounded_and_updates_are_cheap_between_fits():
     algo = ADO([0.5, 0.5], warmup=10, refit_every=10_000, subsample=1, max_points=64)
     simulate(algo, [power_law(1.5, 8.0, 0.5), power_law(2.0, 0.5, 0.2)], 2000)

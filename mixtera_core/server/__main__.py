@@ -53,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_MESSAGE / (1 << 20),
         help="largest request accepted, in MiB (larger: RESOURCE_EXHAUSTED; default 64)",
     )
+    p.add_argument(
+        "--refit-processes",
+        type=int,
+        default=1,
+        help="processes for mixing-algorithm refits, off the serving process's GIL (0: in-process)",
+    )
     p.add_argument("--log-level", default="INFO", help="logging level on stderr (default INFO)")
     return p
 
@@ -67,15 +73,24 @@ def main(argv: list[str] | None = None) -> int:
     if (args.tls_cert is None) != (args.tls_key is None):
         print("mixtera-server: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
-    if args.port < 0 or args.port > 65535 or args.workers < 1 or args.max_message_mb <= 0:
+    if (
+        args.port < 0
+        or args.port > 65535
+        or args.workers < 1
+        or args.max_message_mb <= 0
+        or args.refit_processes < 0
+    ):
         print(
-            "mixtera-server: --port must be in [0, 65535], --workers and --max-message-mb positive",
+            "mixtera-server: --port must be in [0, 65535], --workers and --max-message-mb positive, "
+            "--refit-processes >= 0",
             file=sys.stderr,
         )
         return 2
     try:
         token = read_token(args.token_file) if args.token_file else None
-        service = MixteraService(args.db_dir, allowed_roots=args.allowed_root or None)
+        service = MixteraService(
+            args.db_dir, allowed_roots=args.allowed_root or None, refit_processes=args.refit_processes
+        )
     except Exception as e:  # e.g. the catalog is open in another process
         print(f"mixtera-server: cannot open {args.db_dir}: {type(e).__name__}: {e}", file=sys.stderr)
         return 1

@@ -45,12 +45,13 @@ import functools
 import json
 import logging
 import math
+import multiprocessing
 import os
 import queue
 import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -285,8 +286,18 @@ class MixteraService(pb_grpc.MixteraServicer):
         work_threads: int | None = None,
         plugins: PluginManager | None = None,
         max_chunk_size: int = MAX_CHUNK_SIZE,
+        refit_processes: int = 1,
     ) -> None:
-        self.engine = LocalMixteraClient(db_dir, plugins)
+        # Mixing-algorithm refits (ADO's scaling-law fits) run in their own process(es): in this
+        # one they would hold the GIL for tens of ms at a time, and every acknowledgement and
+        # chunk request would wait for it. spawn, not fork: a forked gRPC process is unsafe.
+        self._refits: ProcessPoolExecutor | None = None
+        if refit_processes > 0:
+            self._refits = ProcessPoolExecutor(
+                refit_processes, mp_context=multiprocessing.get_context("spawn")
+            )
+            self._refits.submit(int)  # start the process now, not at the first refit
+        self.engine = LocalMixteraClient(db_dir, plugins, algorithm_executor=self._refits)
         self.roots = AllowedRoots(allowed_roots if allowed_roots else default_roots(self.engine))
         self.max_chunk_size = max_chunk_size
         self._catalog_lock = threading.Lock()
@@ -305,6 +316,8 @@ class MixteraService(pb_grpc.MixteraServicer):
         self._closed = True
         self._ordered.shutdown(wait=True)
         self._work.shutdown(wait=True, cancel_futures=True)
+        if self._refits is not None:
+            self._refits.shutdown(wait=True, cancel_futures=True)
         self.engine.close()
 
     # ------------------------------------------------------------------ jobs: helpers

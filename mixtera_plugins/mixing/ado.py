@@ -523,18 +523,20 @@ class ADO(MixingAlgorithm):
 
     def _refit(self, step: int) -> None:
         fitted = False
-        for d, (n, loss) in enumerate(self.fit_points()):
-            if not self.support[d]:
-                continue
-            law = fit_scaling_law(
-                n,
-                loss,
-                alpha_bounds=self.alpha_bounds,
-                log_beta_bounds=self.log_beta_bounds,
-                log_eps_bounds=self.log_eps_bounds,
-                huber_delta=self.huber_delta,
-                n_starts=self.n_starts,
-            )
+        options = {
+            "alpha_bounds": self.alpha_bounds,
+            "log_beta_bounds": self.log_beta_bounds,
+            "log_eps_bounds": self.log_eps_bounds,
+            "huber_delta": self.huber_delta,
+            "n_starts": self.n_starts,
+        }
+        points = [(d, n, loss) for d, (n, loss) in enumerate(self.fit_points()) if self.support[d]]
+        if self.executor is not None:  # e.g. the server's process pool: the GIL stays free
+            futures = [self.executor.submit(_fit, n, loss, options) for _, n, loss in points]
+            laws = [f.result() for f in futures]
+        else:
+            laws = [_fit(n, loss, options) for _, n, loss in points]
+        for (d, _, _), law in zip(points, laws, strict=True):
             if law is not None:
                 self.params[d] = (math.log(law.beta), math.log(law.eps), law.alpha)
                 fitted = True
@@ -563,6 +565,11 @@ class ADO(MixingAlgorithm):
             else ScalingLaw(float(np.exp(p[1])), float(np.exp(p[0])), float(p[2]), math.nan)
             for p in self.params
         ]
+
+
+def _fit(n: np.ndarray, loss: np.ndarray, options: dict[str, Any]) -> ScalingLaw | None:
+    """One domain's refit: a picklable module-level function for ``MixingAlgorithm.executor``."""
+    return fit_scaling_law(n, loss, **options)
 
 
 __all__ = ["ADO", "ScalingLaw", "fit_scaling_law", "floor_weights"]
