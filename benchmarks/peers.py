@@ -63,7 +63,9 @@ and ``OUT/peers-<time>.png``. A peer that is not installed or fails is reported 
 reason, never left out. ``--profile`` writes a cProfile of Mixtera's single-process stream
 (consumer and background threads) to ``OUT/profile-mixtera-<time>.txt``.
 
-    pip install -e ".[bench]"   # on a CPU-only machine: pip install torch==2.13.0 first
+    python3 -m venv .venv-bench && . .venv-bench/bin/activate   # a venv of its own (pins differ)
+    pip install torch==2.14.1 torchvision==0.29.1   # first: MosaicML imports torchvision
+    pip install -e ".[bench]"
     python benchmarks/peers.py [--repeats 3] [--text-mb 300] [--tokens 4000000] [--peers ...]
     python benchmarks/peers.py --quick          # a tiny corpus, one repeat: a smoke test
 """

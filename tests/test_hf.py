@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 
 import pytest
 
@@ -155,3 +156,75 @@ def test_example_runs(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert "static: step 6" in res.stdout and "dynamic: step 6" in res.stdout
     assert (tmp_path / "dynamic" / "checkpoint-3" / "mixtera_state.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------- DDP
+
+DDP_SCRIPT = """
+import json, sys
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, TrainerCallback, TrainingArguments
+from mixtera_core.job import Job
+from mixtera_core.torch import MixteraDataset
+from mixtera_integrations.hf import MixteraTrainer
+
+job_dir, out = sys.argv[1], sys.argv[2]
+job = Job.load(job_dir)  # every rank loads the job from disk: no catalog is opened twice
+torch.manual_seed(0)
+model = GPT2LMHeadModel(GPT2Config(vocab_size=1000, n_positions=24, n_embd=32, n_layer=1, n_head=2))
+args = TrainingArguments(output_dir=out, max_steps=4, per_device_train_batch_size=2, use_cpu=True,
+                         ddp_backend="gloo", report_to=[], save_strategy="no", disable_tqdm=True)
+trainer = MixteraTrainer(model=model, args=args, train_dataset=MixteraDataset(job))
+seen = []
+original = trainer.compute_loss
+def compute_loss(m, inputs, *a, **kw):
+    seen.extend(inputs["input_ids"].tolist())
+    return original(m, inputs, *a, **kw)
+trainer.compute_loss = compute_loss
+trainer.train()
+with open(f"{out}/rank{trainer.args.process_index}.json", "w") as fh:
+    json.dump({"world": trainer.args.world_size, "seen": seen}, fh)
+"""
+
+
+@pytest.mark.timeout(240)
+def test_torchrun_ddp_ranks_train_on_their_dp_groups(hclient, small_bpe, tmp_path):
+    """Two processes under torchrun (gloo): rank r trains on dp_group r's stream, exactly."""
+    import socket
+    import subprocess
+    import sys
+
+    from mixtera_core.streaming import JobStream
+
+    job_id = job(hclient, "hf-ddp", small_bpe, dp_groups=2, num_workers=1)
+    script = tmp_path / "train.py"
+    script.write_text(DDP_SCRIPT)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+    ]
+    cmd += [
+        "--master_port",
+        str(port),
+        str(script),
+        os.path.join(hclient.catalog.db_dir, "jobs", job_id),
+        str(tmp_path),
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=220)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    seen = []
+    for rank in range(2):
+        got = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        stream = iter(JobStream(hclient.job(job_id), rank))
+        assert got["world"] == 2
+        assert got["seen"] == [next(stream).tokens[:-1].tolist() for _ in range(8)]  # 4 steps x 2
+        seen.append(got["seen"])
+    assert seen[0] != seen[1]
