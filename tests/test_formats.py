@@ -998,3 +998,31 @@ def test_jsonl_read_field_equals_read_on_awkward_files(tmp_path):
             want = [(i, r.get("text")) for i, r in fmt.read(str(path), ranges, scan.read_index)]
             got = list(fmt.read_field(str(path), ranges, scan.read_index, FieldRef.parse("text")))
             assert got == want, (name, ranges)
+
+
+def test_jsonl_forked_child_does_not_inherit_open_cursors(tmp_path):
+    """A DataLoader worker forked after the parent read a file shares that file's offset with
+    the parent: the child must open its own."""
+    import multiprocessing
+
+    from mixtera_plugins.formats import jsonl
+
+    lines = [json.dumps({"text": f"t{i}"}) for i in range(40)]
+    path = write_jsonl(tmp_path / "f.jsonl.zst", lines, "zstd", frame_lines=8)
+    index = SMALL.scan(path, fields_parser()).read_index
+    assert [i for i, _ in SMALL.read(path, [(0, 5)], index)] == list(range(5))
+    assert path in jsonl._OPEN.cursors  # kept open in this thread
+
+    def child(queue):
+        inherited = len(jsonl._OPEN.cursors)
+        got = [r["text"] for _, r in SMALL.read(path, [(5, 12)], index)]
+        queue.put((inherited, got))
+
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=child, args=(queue,))
+    proc.start()
+    inherited, got = queue.get(timeout=30)
+    proc.join(30)
+    assert inherited == 0 and got == [f"t{i}" for i in range(5, 12)]
+    assert [r["text"] for _, r in SMALL.read(path, [(5, 8)], index)] == ["t5", "t6", "t7"]

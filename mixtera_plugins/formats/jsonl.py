@@ -237,6 +237,16 @@ class _Cursors(dict[str, "_LineCursor"]):
 _OPEN = _OpenCursors()
 
 
+def _forget_cursors_after_fork() -> None:
+    """A forked child (a DataLoader worker) shares the parent's file offsets: it must never
+    read through the cursors it inherited, so it starts with none."""
+    _OPEN.cursors = _Cursors()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_cursors_after_fork)
+
+
 class _ByteSource:
     """Decompressed bytes of a file from any decompressed offset.
 
