@@ -105,7 +105,7 @@ class MixteraTrainerCallback(TrainerCallback):
         self.sent = 0
         self._losses: list[torch.Tensor] = []
         self._keys: list[torch.Tensor] = []
-        self._position: int | None = None
+        self._chunks: list[torch.Tensor] = []
 
     def bind(self, trainer: MixteraTrainer) -> None:
         self.trainer = trainer
@@ -130,16 +130,15 @@ class MixteraTrainerCallback(TrainerCallback):
             self._losses.append(token_loss.detach().reshape(-1))
             self._keys.append(key_ids.reshape(-1))
             if chunk_index is not None:
-                here = int(chunk_index.max())
-                self._position = here if self._position is None else max(self._position, here)
+                self._chunks.append(chunk_index.reshape(-1))
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.reporter is None or not self._losses:
             return
         losses, keys = torch.cat(self._losses), torch.cat(self._keys)
-        position, self._position = self._position, None
-        self._losses, self._keys = [], []
-        if self.reporter.step(state.global_step, losses, keys, position) is not None:
+        chunks = torch.cat(self._chunks) if self._chunks else None  # the reporter sends their max
+        self._losses, self._keys, self._chunks = [], [], []
+        if self.reporter.step(state.global_step, losses, keys, chunks) is not None:
             self.sent += 1
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
