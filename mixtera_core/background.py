@@ -66,14 +66,15 @@ def parallel_map(
 ) -> Generator[R, None, None]:
     """``fn`` over ``items`` on ``workers`` threads, results in the order of ``items``.
 
-    ``items`` is iterated by a :func:`prefetch` thread one item ahead (so producing an item,
-    e.g. planning or requesting the next chunk, stays off the consumer), and at most
+    ``items`` is iterated by a feeder thread one item ahead (so producing an item, e.g.
+    planning or requesting the next chunk, stays off the consumer), and at most
     ``depth + workers`` results are pending (so every worker has work while the consumer
     takes ``depth`` finished ones): items are produced at most ``depth + workers + 1`` ahead
-    of the one the consumer holds (a mixture change scheduled a fixed number of chunks ahead
-    relies on such a bound). Worth it where ``fn`` releases the GIL
-    for much of its work (decompression, pyarrow parsing): two chunks are then read at once
-    on two cores. The order, and so the stream, does not depend on which thread finishes first.
+    of the one the consumer holds. A finished result is handed over even while the feeder
+    waits for its next item (a planner may wait for feedback that this very result leads
+    to). Worth it where ``fn`` releases the GIL for much of its work (decompression, pyarrow
+    parsing): two chunks are then read at once on two cores. The order, and so the stream,
+    does not depend on which thread finishes first.
     """
     if workers <= 1:
         yield from prefetch((fn(x) for x in items), depth, name)
@@ -81,17 +82,51 @@ def parallel_map(
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
     window = max(1, depth) + workers
     pending: deque[Future[R]] = deque()
-    source = prefetch(items, 1, name + "-feed")
+    feed: queue.Queue[Any] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def put(x: Any) -> bool:
+        while not stop.is_set():
+            try:
+                feed.put(x, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(_END)
+        except BaseException as e:  # handed to the consumer
+            put(e)
+
+    feeder = threading.Thread(target=run, name=name + "-feed", daemon=True)
+    feeder.start()
+    ended = False
     try:
-        for item in source:
-            pending.append(pool.submit(fn, item))
-            # hand over what is ready (the first chunk as soon as it is read), wait when the window is full
-            while pending and (len(pending) >= window or pending[0].done()):
+        while not ended or pending:
+            while pending and pending[0].done():
                 yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+            if ended or len(pending) >= window:
+                if pending:
+                    yield pending.popleft().result()
+                continue
+            try:
+                item = feed.get(timeout=0.005) if pending else feed.get()
+            except queue.Empty:
+                continue
+            if item is _END:
+                ended = True
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                pending.append(pool.submit(fn, item))
     finally:
-        source.close()
+        stop.set()
         for f in pending:
             f.cancel()
+        feeder.join()
         pool.shutdown(wait=True)

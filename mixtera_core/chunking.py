@@ -10,7 +10,11 @@ most ``block_size`` consecutive samples; each epoch visits the blocks in a seede
 permutation (seed, component key, epoch). A cursor is one integer, the position in the
 current epoch's order, so cursors are tiny and restoring never replays chunks.
 
-**Quotas.** Each chunk splits ``chunk_size`` samples over the components by largest
+**Chunk size** is ``chunk_size`` samples, or (token mode, ``chunk_tokens``) as many samples as
+make ``chunk_tokens`` tokens at the weights in force (from the calibrated tokens per sample),
+so that a chunk lasts a fixed number of training steps however long the documents are.
+
+**Quotas.** Each chunk splits its samples over the components by largest
 remainder, and the fractional remainders are carried into the next chunk: over ``n``
 chunks a component's count stays within one sample of ``weight * n * chunk_size``, so a
 0.1% component is served every ~1000 samples rather than rounded away.
@@ -24,15 +28,16 @@ the component's next epoch with a fresh seeded order.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .index import ChunkerIndex
+from .mixture_log import WeightsLog
 
 ON_EXHAUSTED = ("stop", "redistribute", "repeat")
+__all__ = ["ON_EXHAUSTED", "Chunk", "ChunkPlanner", "ComponentOrders", "WeightsLog", "largest_remainder"]
 
 
 def _rng(seed: int, *words: int) -> np.random.Generator:
@@ -142,40 +147,6 @@ def largest_remainder(weights: np.ndarray, n: int, carry: np.ndarray) -> tuple[n
     return counts, new_carry
 
 
-class WeightsLog:
-    """Component weights in force from a chunk index on: ``[(chunk_index, weights), ...]``."""
-
-    def __init__(self, entries: Sequence[tuple[int, np.ndarray]] = ()) -> None:
-        self.entries: list[tuple[int, np.ndarray]] = []
-        for i, w in entries:
-            self.add(i, w)
-
-    def add(self, chunk_index: int, weights: np.ndarray) -> None:
-        if self.entries and chunk_index < self.entries[-1][0]:
-            raise ValueError(
-                f"mixture change at chunk {chunk_index} is before the last one ({self.entries[-1][0]})"
-            )
-        if self.entries and chunk_index == self.entries[-1][0]:
-            self.entries[-1] = (chunk_index, np.asarray(weights, dtype=np.float64))
-        else:
-            self.entries.append((chunk_index, np.asarray(weights, dtype=np.float64)))
-
-    def at(self, chunk_index: int) -> np.ndarray:
-        current = self.entries[0][1]
-        for i, w in self.entries:
-            if i > chunk_index:
-                break
-            current = w
-        return current
-
-    def to_json(self) -> list[list[Any]]:
-        return [[i, w.tolist()] for i, w in self.entries]
-
-    @classmethod
-    def from_json(cls, data: Sequence[Sequence[Any]]) -> WeightsLog:
-        return cls([(int(i), np.asarray(w, dtype=np.float64)) for i, w in data])
-
-
 class ChunkPlanner:
     """Generates the global chunk sequence one chunk at a time; state is O(components).
 
@@ -190,6 +161,7 @@ class ChunkPlanner:
         chunk_size: int,
         on_exhausted: str = "stop",
         sample_scale: np.ndarray | None = None,
+        chunk_tokens: int | None = None,
     ) -> None:
         if on_exhausted not in ON_EXHAUSTED:
             raise ValueError(f"on_exhausted must be one of {ON_EXHAUSTED}, got {on_exhausted!r}")
@@ -198,6 +170,7 @@ class ChunkPlanner:
         self.orders = orders
         self.log = log
         self.chunk_size = chunk_size
+        self.chunk_tokens = chunk_tokens
         self.on_exhausted = on_exhausted
         n = len(orders.sizes)
         self.sample_scale = np.ones(n) if sample_scale is None else np.asarray(sample_scale, dtype=np.float64)
@@ -239,6 +212,12 @@ class ChunkPlanner:
         total = w.sum()
         return w / total if total > 0 else w
 
+    def _samples_in_chunk(self, sample_weights: np.ndarray) -> int:
+        if self.chunk_tokens is None:
+            return self.chunk_size
+        tokens_per_sample = float((sample_weights / self.sample_scale).sum())  # at these weights
+        return max(1, int(round(self.chunk_tokens / max(tokens_per_sample, 1e-9))))
+
     def next_chunk(self, materialize: bool = True) -> Chunk | None:
         """Plan the next chunk (advance cursors); None once the stream has ended."""
         if self.done:
@@ -248,7 +227,7 @@ class ChunkPlanner:
         if weights.sum() <= 0:
             self.done = True
             return None
-        counts, carry = largest_remainder(weights, self.chunk_size, self.carry)
+        counts, carry = largest_remainder(weights, self._samples_in_chunk(weights), self.carry)
         sizes = self.orders.sizes
         if self.on_exhausted == "stop" and np.any(counts > sizes - self.pos):
             # the first chunk that cannot be filled is not emitted

@@ -11,6 +11,8 @@ import json
 import logging
 import numbers
 import os
+import sys
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from concurrent.futures import Executor
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .catalog import Catalog, DatasetInfo, ProgressCallback, RegistrationReport
+from .errors import MixteraError
 from .index import ChunkerIndex, build_chunker_index
 from .job import Job, JobError, JobSpec, build_job, make_spec
 from .mixture import DynamicMixture, InferringMixture, Mixture, ScheduleMixture
@@ -41,9 +44,18 @@ class MixteraClient(ABC):
     """The operations every Mixtera client offers, local or remote."""
 
     @staticmethod
-    def local(db_dir: str | os.PathLike[str], plugins: PluginManager | None = None) -> LocalMixteraClient:
-        """A client running on an embedded catalog in ``db_dir`` (created if needed)."""
-        return LocalMixteraClient(db_dir, plugins)
+    def local(
+        db_dir: str | os.PathLike[str], plugins: PluginManager | None = None, *, rank: int | None = None
+    ) -> LocalMixteraClient:
+        """A client running on an embedded catalog in ``db_dir`` (created if needed).
+
+        In a multi-process job (``torchrun``, Lightning, the HF Trainer) only the process of
+        global rank 0 opens the catalog and owns the jobs' mixture logs; the other ranks load
+        the jobs rank 0 builds from ``db_dir/jobs`` and follow their logs, so they never take
+        DuckDB's write lock. ``rank`` defaults to what the launcher set (``RANK``,
+        ``LOCAL_RANK``/``NODE_RANK``, or an initialized ``torch.distributed``).
+        """
+        return LocalMixteraClient(db_dir, plugins, rank=rank)
 
     @staticmethod
     def remote(
@@ -148,8 +160,10 @@ class MixteraClient(ABC):
         Options: ``chunk_size``, ``seed``, ``dp_groups``, ``nodes_per_group``, ``num_workers``,
         ``on_exhausted`` ("stop" | "redistribute" | "repeat"), ``block_size``, ``text_field``;
         token mode: ``tokenizer=(plugin, source)``, ``tokenizer_options``, ``seq_len``,
-        ``add_bos``, ``add_eos``; schedules: ``samples_per_step``; dynamic mixtures:
-        ``feedback_delay`` (see :meth:`feedback`). Returns the job id (the
+        ``add_bos``, ``add_eos``, ``chunk_tokens`` (chunks of about that many tokens instead of
+        ``chunk_size`` samples: keeps a dynamic mixture responsive on long documents);
+        schedules: ``samples_per_step``; dynamic mixtures: ``feedback_delay`` (see
+        :meth:`feedback`), ``mixture_tolerance``. Returns the job id (the
         query's). Executing the same spec again is a no-op; another spec under the same
         id is an error.
         """
@@ -194,6 +208,29 @@ class MixteraClient(ABC):
         """The training step reached (schedules without ``samples_per_step``); ``position`` as
         for :meth:`feedback`."""
 
+    @abstractmethod
+    def job(self, job_id: str) -> Job:
+        """The job (self-contained and picklable: hand it to a torch dataset or another process)."""
+
+    def _current(self, job_id: str) -> Job:
+        job = self.job(job_id)
+        if job.follower is not None:
+            job.follower.refresh(job)
+        return job
+
+    def mixture_weights(self, job_id: str, chunk: int | None = None) -> dict[str, float]:
+        """Weights per mixture key (token mode: token shares) in force at ``chunk``; by default
+        those of the latest change, i.e. what the mixture is now. The job's own truth, the same
+        the streams plan with, in every process and over the wire."""
+        job = self._current(job_id)
+        weights = job.log.last[1] if chunk is None else job.log.at(int(chunk))
+        return job.key_weights(weights)
+
+    def mixture_history(self, job_id: str) -> list[tuple[int, dict[str, float]]]:
+        """Every mixture in force so far: ``[(first chunk, weights per key), ...]`` in chunk order."""
+        job = self._current(job_id)
+        return [(int(i), job.key_weights(w)) for i, w in job.log.entries]
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (database handles, connections)."""
 
@@ -202,6 +239,19 @@ class MixteraClient(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def launcher_rank() -> int:
+    """This process's global rank as the launcher set it (torchrun, Lightning, SLURM via torch):
+    0 when the process is alone or rank 0; > 0 for every other process of the job."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return int(dist.get_rank())
+    for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK"):
+        value = os.environ.get(name, "").strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value) if name == "RANK" else max(1, int(value))
+    return 0
 
 
 class LocalMixteraClient(MixteraClient):
@@ -213,18 +263,40 @@ class LocalMixteraClient(MixteraClient):
         plugins: PluginManager | None = None,
         *,
         algorithm_executor: Executor | None = None,
+        rank: int | None = None,
+        job_timeout: float = 600.0,
     ) -> None:
         """``algorithm_executor``: given to every mixing algorithm for its heavy computations
-        (see ``MixingAlgorithm.executor``); the server passes a process pool."""
+        (see ``MixingAlgorithm.executor``); the server passes a process pool. ``rank``: see
+        :meth:`MixteraClient.local`; ``job_timeout``: how long a rank other than 0 waits for
+        rank 0 to build a job."""
         self.plugins = plugins or get_plugin_manager()
         self.algorithm_executor = algorithm_executor
-        self.catalog = Catalog(db_dir)
+        self.db_dir = os.path.abspath(os.fspath(db_dir))
+        self.rank = launcher_rank() if rank is None else int(rank)
+        self.job_timeout = job_timeout
+        self._catalog: Catalog | None = Catalog(db_dir) if self.owner else None
         self._jobs: dict[str, Job] = {}
         self._algorithms: dict[str, Any] = {}
         self._streams: dict[str, list[JobStream]] = {}
         self._runtimes: dict[str, JobRuntime] = {}
-        self._horizon_floor: dict[str, int] = {}  # see reserve_horizon()
-        self._warned_late: set[str] = set()
+
+    @property
+    def owner(self) -> bool:
+        """Whether this process owns the catalog and the jobs' mixture logs (global rank 0)."""
+        return self.rank == 0
+
+    @property
+    def catalog(self) -> Catalog:
+        if self._catalog is None:
+            raise MixteraError(
+                f"rank {self.rank}: in a multi-process job only rank 0 opens the catalog {self.db_dir} "
+                f"(DuckDB allows one writer); register datasets, explain and peek on rank 0 "
+                f"(e.g. `if rank == 0:` before the other ranks need the job), or serve the catalog "
+                f"with mixtera-server and use MixteraClient.remote. execute(), job(), stream() and the "
+                f"torch dataset work on every rank"
+            )
+        return self._catalog
 
     def register_dataset(
         self,
@@ -362,8 +434,7 @@ class LocalMixteraClient(MixteraClient):
         job = self.job(job_id)
         unit = "tokens" if job.spec.token_mode else "samples"
         delivered = self._delivered(job_id)
-        current = job.log.at(max(self._horizon(job_id) - 1, 0))
-        target = [float(current[job.resolved.component_key == k].sum()) for k in range(len(job.key_names))]
+        target = list(job.key_weights(job.log.last[1]).values())
         return JobReport(job_id, unit, job.key_names, target, delivered.tolist(), list(job.changes))
 
     def peek(
@@ -392,10 +463,13 @@ class LocalMixteraClient(MixteraClient):
     # ------------------------------------------------------------------ jobs
 
     def _job_dir(self, job_id: str) -> str:
-        return os.path.join(self.catalog.db_dir, "jobs", job_id)
+        return os.path.join(self.db_dir, "jobs", job_id)
 
     def execute(self, query: Query, mixture: Mixture | dict[str, float] | None = None, **options: Any) -> str:
         spec = make_spec(query, mixture, **options)
+        if not self.owner:
+            self._await_job(spec)
+            return spec.job_id
         existing = self._find_job(spec.job_id)
         if existing is not None:
             if existing.spec != spec:
@@ -429,13 +503,41 @@ class LocalMixteraClient(MixteraClient):
         algo.executor = self.algorithm_executor
         return algo
 
+    def _await_job(self, spec: JobSpec) -> Job:
+        """(Ranks other than 0) The job rank 0 builds for ``spec``, once it is saved."""
+        deadline = time.monotonic() + self.job_timeout
+        pause = 0.01
+        while True:
+            job = self._find_job(spec.job_id)
+            if job is not None:
+                if job.spec != spec:
+                    raise JobError(
+                        f"rank {self.rank}: job {spec.job_id!r} in {self.db_dir} has another spec than "
+                        f"this rank's execute(); every rank must execute the same query, mixture and options"
+                    )
+                return job
+            if time.monotonic() > deadline:
+                raise JobError(
+                    f"rank {self.rank}: job {spec.job_id!r} did not appear in {self._job_dir(spec.job_id)} "
+                    f"within {self.job_timeout:.0f} s. Rank 0 builds it there; every rank must see that "
+                    f"directory: is {self.db_dir} on a filesystem all nodes share? If not, serve the "
+                    f"catalog with mixtera-server and use MixteraClient.remote on every rank"
+                )
+            time.sleep(pause)
+            pause = min(pause * 2, 0.25)
+
     def _find_job(self, job_id: str) -> Job | None:
         if job_id in self._jobs:
             return self._jobs[job_id]
         directory = self._job_dir(job_id)
         if os.path.exists(os.path.join(directory, "job.json")):
-            job = Job.load(directory)
+            try:
+                job = Job.load(directory, owner=self.owner)
+            except FileNotFoundError:  # rank 0 is still writing it (job.json goes last)
+                return None
             self._jobs[job_id] = job
+            if not self.owner:
+                return job
             mixture = job.mixture
             if isinstance(mixture, DynamicMixture) and job_id not in self._algorithms:
                 algo = self._new_algorithm(job)
@@ -466,19 +568,6 @@ class LocalMixteraClient(MixteraClient):
         self._streams.setdefault(job_id, []).append(s)
         return s
 
-    def _horizon(self, job_id: str) -> int:
-        """First chunk nothing in this process has planned yet: where a change can take effect."""
-        planned = [s.planned_up_to for s in self._streams.get(job_id, [])]
-        if job_id in self._runtimes:
-            planned.append(self._runtimes[job_id].horizon)
-        planned.append(self._horizon_floor.get(job_id, 0))
-        return max(planned, default=0)
-
-    def reserve_horizon(self, job_id: str, chunk: int) -> None:
-        """Chunks before ``chunk`` may have been handed out by an earlier process (a server before
-        its restart): mixture changes from now on take effect at ``chunk`` or later."""
-        self._horizon_floor[job_id] = max(self._horizon_floor.get(job_id, 0), int(chunk))
-
     def record_delivered(self, job_id: str, counts: Sequence[int]) -> None:
         """Add samples/tokens per key handed out by streams elsewhere (remote clients) to the
         job's persisted delivery counts, which :meth:`report` includes."""
@@ -500,20 +589,31 @@ class LocalMixteraClient(MixteraClient):
         return self._runtimes[job_id]
 
     def checkpoint(self, job_id: str) -> dict[str, Any]:
-        job = self.job(job_id)
+        job = self._current(job_id)
         algo = self._algorithms.get(job_id)
+        if algo is None and not self.owner and job.spec.dynamic:
+            path = os.path.join(self._job_dir(job_id), "algorithm.json")
+            if os.path.exists(path):
+                with open(path) as fh:
+                    algo_state = json.load(fh)
+                return {**self._checkpoint(job, None), "algorithm": algo_state}
+        return self._checkpoint(job, algo)
+
+    def _checkpoint(self, job: Job, algo: Any) -> dict[str, Any]:
         return {
             "spec": job.spec.to_json(),
             "catalog_version": job.catalog_version,
             "log": job.log.to_json(),
+            "sealed": job.log.sealed,
             "changes": list(job.changes),
             "algorithm": None if algo is None else algo.state_dict(),
             "last_step": getattr(job, "last_step", None),
         }
 
     def restore(self, job_id: str, state: dict[str, Any]) -> None:
-        from .chunking import WeightsLog
+        from .mixture_log import SEALED_FOREVER, WeightsLog
 
+        self._owner_only("restore()")
         spec = JobSpec.from_json(state["spec"])
         if spec.job_id != job_id:
             raise JobError(f"checkpoint is for job {spec.job_id!r}, not {job_id!r}")
@@ -527,12 +627,21 @@ class LocalMixteraClient(MixteraClient):
             job = self._jobs[job_id] = self._build(spec)
         elif job.spec != spec:
             raise JobError(f"job {job_id!r} exists with another spec than the checkpoint's")
-        job.log = WeightsLog.from_json(state["log"])
+        default_seal = spec.delay if spec.dynamic else SEALED_FOREVER
+        job.log = WeightsLog.from_json(state["log"], int(state.get("sealed", default_seal)))
         self._runtimes.pop(job_id, None)  # its planner holds the old log
         job.changes = list(state.get("changes", []))
         if state.get("algorithm") is not None:
             self._algorithms[job_id].load_state_dict(state["algorithm"])
         job.save(self._job_dir(job_id))
+
+    def _owner_only(self, what: str) -> None:
+        if not self.owner:
+            raise JobError(
+                f"rank {self.rank}: {what} runs on rank 0, which owns the jobs of {self.db_dir}; "
+                f"FeedbackReporter (and the trainer callbacks) sum the feedback over all ranks and send "
+                f"it from rank 0"
+            )
 
     def feedback(
         self,
@@ -542,9 +651,10 @@ class LocalMixteraClient(MixteraClient):
         counts: Sequence[float],
         position: int | None = None,
     ) -> None:
+        self._owner_only("feedback()")
+        self._check_position(position)  # before the algorithm sees the step
         weights = self.update_algorithm(job_id, step, losses, counts)
-        if weights is not None:
-            self.apply_key_weights(job_id, weights, step, position)
+        self.apply_key_weights(job_id, weights, step, position)
 
     def update_algorithm(
         self, job_id: str, step: int, losses: Sequence[float], counts: Sequence[float]
@@ -561,38 +671,58 @@ class LocalMixteraClient(MixteraClient):
         return weights
 
     def apply_key_weights(self, job_id: str, weights: Any, step: int, position: int | None) -> None:
-        """Record new key weights from the algorithm at the chunk ``position`` implies."""
+        """Record the algorithm's new key weights (None: unchanged) at the chunk ``position``
+        implies, and seal the log up to it.
+
+        The change lands at ``position + 1 + feedback_delay`` and the log is sealed up to there,
+        so the chunks every stream may plan are exactly those whose mixture is decided. A change
+        that moves no key weight by more than the job's ``mixture_tolerance`` is not logged.
+        """
         job = self.job(job_id)
         chunk, details = self._change_chunk(job, position)
-        job.set_key_weights(chunk, weights, step, f"{self._algorithms[job_id].name} update", **details)
+        if weights is not None:
+            new = np.asarray(weights, dtype=np.float64)
+            new = new / new.sum() if new.sum() > 0 else new
+            last = np.asarray(list(job.key_weights(job.log.last[1]).values()))
+            if new.shape != last.shape or float(np.max(np.abs(new - last))) > job.spec.mixture_tolerance:
+                job.set_key_weights(
+                    chunk, weights, step, f"{self._algorithms[job_id].name} update", **details
+                )
+        job.seal(chunk)
         job.save_log(self._job_dir(job_id))
 
-    def _change_chunk(self, job: Job, position: int | None) -> tuple[int, dict[str, Any]]:
-        """Where a change takes effect: ``position + 1 + delay`` (never before an earlier change,
-        nor before a chunk some stream may have planned already)."""
-        job_id = job.spec.job_id
-        horizon = self._horizon(job_id)
-        last = job.log.entries[-1][0] if job.log.entries else 0
+    @staticmethod
+    def _check_position(position: int | None) -> None:
         if position is None:
-            return max(horizon, last), {}
+            return
         if isinstance(position, bool) or not isinstance(position, numbers.Integral) or position < -1:
             raise JobError(f"position must be the consumed chunk index (an integer >= -1), got {position!r}")
-        position = int(position)
-        wanted = position + 1 + job.spec.delay
-        if wanted >= horizon:
-            return max(wanted, last), {"position": position}
-        if job_id not in self._warned_late:  # once per job: the changes keep the record
-            self._warned_late.add(job_id)
-            log.warning(
-                "job %s: mixture change for position %d wanted chunk %d, but chunks up to %d may be planned "
-                "already; it starts at %d instead (raise feedback_delay to keep replays identical)",
-                job_id,
-                position,
-                wanted,
-                horizon - 1,
-                max(horizon, last),
-            )
-        return max(horizon, last), {"position": position, "late": True}
+
+    def _change_chunk(self, job: Job, position: int | None) -> tuple[int, dict[str, Any]]:
+        """Where a change takes effect and up to where the log is sealed: ``position + 1 + delay``
+        with the highest position reported so far (positions of a round-robin of DataLoader
+        workers go up and down); without a position, at the seal, which then does not move."""
+        sealed = job.log.sealed
+        if position is None:
+            return sealed, {}
+        self._check_position(position)
+        return max(int(position) + 1 + job.spec.delay, sealed), {"position": int(position)}
+
+    def compact_mixture_log(
+        self, job_id: str, tolerance: float | None = None, before: int | None = None
+    ) -> int:
+        """Shrink a job's mixture log: merge changes that move no component weight by more than
+        ``tolerance`` (default: the job's ``mixture_tolerance``) from the entry kept before them,
+        and with ``before`` (the lowest position any stream will resume from) drop the history
+        only earlier chunks use. Folds ``log.jsonl`` into ``job.json``; followers reload it.
+        Returns the number of entries removed."""
+        self._owner_only("compact_mixture_log()")
+        job = self.job(job_id)
+        tol = job.spec.mixture_tolerance if tolerance is None else float(tolerance)
+        removed = job.log.compact(tol, before)
+        job.save(self._job_dir(job_id))
+        self._runtimes.pop(job_id, None)
+        return removed
 
     def _save_algorithm(self, job_id: str) -> None:
         algo = self._algorithms.get(job_id)
@@ -603,26 +733,35 @@ class LocalMixteraClient(MixteraClient):
             os.replace(path + ".tmp", path)
 
     def report_step(self, job_id: str, step: int, position: int | None = None) -> None:
+        """The training step reached; with ``position`` it also decides the mixture of a dynamic
+        job up to ``position + 1 + feedback_delay`` (for steps that send no feedback)."""
+        self._owner_only("report_step()")
         job = self.job(job_id)
+        self._check_position(position)
         mixture = job.mixture
         previous = getattr(job, "last_step", None)
         job.last_step = step  # type: ignore[attr-defined]
-        if not isinstance(mixture, ScheduleMixture) or job.spec.samples_per_step:
+        if not job.spec.dynamic:
             return
-        for switch in mixture.switch_steps():
-            if (previous is None or previous < switch) and step >= switch:
-                new = mixture.mixture_at(step).resolve(job.component_keys, job.index.component_sizes(), step)
-                chunk, details = self._change_chunk(job, position)
-                job.set_component_weights(
-                    chunk, new.weights, step, f"schedule switch at step {switch}", **details
-                )
-                job.save_log(self._job_dir(job_id))
+        chunk, details = self._change_chunk(job, position)
+        if isinstance(mixture, ScheduleMixture):
+            for switch in mixture.switch_steps():
+                if (previous is None or previous < switch) and step >= switch:
+                    new = mixture.mixture_at(step).resolve(
+                        job.component_keys, job.index.component_sizes(), step
+                    )
+                    job.set_component_weights(
+                        chunk, new.weights, step, f"schedule switch at step {switch}", **details
+                    )
+        job.seal(chunk)
+        job.save_log(self._job_dir(job_id))
 
     def close(self) -> None:
         for job_id, streams in self._streams.items():
-            if streams:
+            if streams and self.owner:
                 total = self._delivered(job_id)
                 with open(os.path.join(self._job_dir(job_id), "delivered.json"), "w") as fh:
                     json.dump(total.tolist(), fh)
         self._streams.clear()
-        self.catalog.close()
+        if self._catalog is not None:
+            self._catalog.close()

@@ -19,6 +19,8 @@ import json
 import math
 import os
 import re
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -28,10 +30,32 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from .catalog import Catalog
-from .chunking import ON_EXHAUSTED, ChunkPlanner, ComponentOrders, WeightsLog
+from .chunking import ON_EXHAUSTED, ChunkPlanner, ComponentOrders
 from .errors import MixteraError
 from .index import ChunkerIndex, build_chunker_index
-from .mixture import Mixture, MixtureError, MixtureKey, ResolvedMixture, ScheduleMixture, as_mixture, reweight
+from .mixture import (
+    DynamicMixture,
+    Mixture,
+    MixtureError,
+    MixtureKey,
+    ResolvedMixture,
+    ScheduleMixture,
+    as_mixture,
+    reweight,
+)
+from .mixture_log import (
+    DEFAULT_MIXTURE_TIMEOUT,
+    LOG_FILE,
+    SEALED_FOREVER,
+    DirectoryFollower,
+    LogFollower,
+    MixtureUnknownError,
+    MixtureWaitCancelled,
+    WeightsLog,
+    apply_line,
+    read_seal,
+    write_seal,
+)
 from .query import Query
 
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
@@ -69,10 +93,14 @@ class JobSpec:
     add_eos: bool = True
     token_estimate_samples: int = 512
     samples_per_step: int | None = None
-    # how many chunks after the consumed position a feedback-driven change takes effect;
-    # None: 16 * dp_groups * num_workers (covers the streams' and DataLoaders' read-ahead:
-    # planning runs up to prefetch + read_threads + 1 own chunks ahead, token mode 3 more)
+    # how many chunks after the consumed position a feedback-driven change takes effect (and how
+    # far past it streams may plan); None: 4 * dp_groups * num_workers, what each stream's
+    # read-ahead needs (see JobSpec.delay)
     feedback_delay: int | None = None
+    # a mixture change that moves no key's weight by more than this is not logged
+    mixture_tolerance: float = 1e-3
+    # token mode: size chunks in tokens (about this many per chunk) instead of chunk_size samples
+    chunk_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.job_id, str) or not _JOB_ID.match(self.job_id):
@@ -99,13 +127,29 @@ class JobSpec:
             not isinstance(self.feedback_delay, int) or not 0 <= self.feedback_delay <= 2**31
         ):
             raise JobError(f"feedback_delay must be an integer >= 0, got {self.feedback_delay!r}")
+        if self.chunk_tokens is not None:
+            if not isinstance(self.chunk_tokens, int) or isinstance(self.chunk_tokens, bool):
+                raise JobError(f"chunk_tokens must be a positive integer, got {self.chunk_tokens!r}")
+            if not 1 <= self.chunk_tokens <= 2**31:
+                raise JobError(f"chunk_tokens must be between 1 and 2**31, got {self.chunk_tokens!r}")
+            if self.tokenizer is None:
+                raise JobError("chunk_tokens needs token mode (tokenizer= and seq_len=); use chunk_size")
+        if not isinstance(self.mixture_tolerance, int | float) or not 0 <= self.mixture_tolerance < 1:
+            raise JobError(f"mixture_tolerance must be in [0, 1), got {self.mixture_tolerance!r}")
 
     @property
     def delay(self) -> int:
-        """Chunks between the consumed position a feedback names and the chunk its change starts at."""
+        """Chunks between the consumed position a feedback names and the chunk its change starts at.
+
+        It is also how far past the last reported position streams may plan, so it must cover
+        their read-ahead: each stream holds up to ~4 of its own chunks (planned, being read,
+        being tokenized), and the streams of all dp groups and workers take turns, hence
+        ``4 * dp_groups * num_workers``. In training steps that is ``4 * num_workers`` steps when
+        a chunk holds one rank's batch (the lag a change has, at most, after its feedback).
+        """
         if self.feedback_delay is not None:
             return self.feedback_delay
-        return 16 * self.dp_groups * self.num_workers
+        return 4 * self.dp_groups * self.num_workers
 
     @property
     def token_mode(self) -> bool:
@@ -117,6 +161,14 @@ class JobSpec:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def dynamic(self) -> bool:
+        """Whether the mixture can change while the job streams (feedback or step reports)."""
+        mixture = Mixture.from_json(self.mixture)
+        return isinstance(mixture, DynamicMixture) or (
+            isinstance(mixture, ScheduleMixture) and not self.samples_per_step
+        )
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> JobSpec:
@@ -135,7 +187,14 @@ class FileEntry:
 
 @dataclass
 class Job:
-    """A resolved job: self-contained (no database handle), picklable, deterministic."""
+    """A resolved job: self-contained (no database handle), picklable, deterministic.
+
+    The mixture log is the one truth about the weights at each chunk. The process that built
+    the job (or loaded it as the catalog's owner) *owns* it and records changes; every other
+    copy of the job — pickled into a DataLoader worker, inherited by fork, loaded on another
+    DDP rank, fetched from a server — *follows* the owner and, before planning a chunk past the
+    seal, waits until the owner has decided it (:meth:`await_mixture`).
+    """
 
     spec: JobSpec
     index: ChunkerIndex
@@ -147,8 +206,15 @@ class Job:
     catalog_version: int = 0
     # feedback-driven changes: (chunk index, step, reason, ...); the weights themselves are in `log`
     changes: list[dict[str, Any]] = field(default_factory=list)
+    # the job's directory (DB_DIR/jobs/<id>) when it lives in a local catalog: copies in other
+    # processes follow the log there
+    home: str | None = field(default=None, compare=False)
+    # how a copy that does not own the log brings it up to date; None: this process owns it
+    follower: LogFollower | None = field(default=None, repr=False, compare=False)
     # changes made since the last save()/save_log(): appended to log.jsonl by save_log()
     _unsaved: list[dict[str, Any]] = field(default_factory=list, repr=False, compare=False)
+    _owner_pid: int = field(default_factory=os.getpid, repr=False, compare=False)
+    _changed: threading.Condition = field(default_factory=threading.Condition, repr=False, compare=False)
 
     @property
     def key_names(self) -> list[str]:
@@ -163,11 +229,73 @@ class Job:
 
     def planner(self) -> ChunkPlanner:
         scale = None if self.tokens_per_sample is None else 1.0 / np.maximum(self.tokens_per_sample, 1e-9)
-        return ChunkPlanner(self.orders(), self.log, self.spec.chunk_size, self.spec.on_exhausted, scale)
+        return ChunkPlanner(
+            self.orders(),
+            self.log,
+            self.spec.chunk_size,
+            self.spec.on_exhausted,
+            scale,
+            self.spec.chunk_tokens,
+        )
 
     def component_key_ids(self) -> np.ndarray:
         """Key id (position in ``key_names``) of every component; -1 for unmatched ones."""
         return self.resolved.component_key
+
+    def key_weights(self, weights: np.ndarray) -> dict[str, float]:
+        """Component weights summed per mixture key (token mode: shares of tokens)."""
+        ids = self.resolved.component_key
+        return {name: float(weights[ids == k].sum()) for k, name in enumerate(self.key_names)}
+
+    # ------------------------------------------------------------------ the one truth
+
+    def _follower(self) -> LogFollower | None:
+        """Who brings this copy's log up to date; None when this process owns the log. A copy
+        inherited by fork (a DataLoader worker) follows the job directory, like a pickled one."""
+        if self.follower is None and os.getpid() != self._owner_pid and self.home is not None:
+            self.follower = DirectoryFollower(self.home)
+            self._changed = threading.Condition()  # the parent's may have been held at fork time
+        return self.follower
+
+    def await_mixture(
+        self, chunk_index: int, timeout: float | None = None, cancel: threading.Event | None = None
+    ) -> None:
+        """Return once the weights of chunk ``chunk_index`` are final (sealed), waiting for the
+        log's owner if needed; :class:`MixtureUnknownError` after ``timeout`` seconds, and
+        :class:`MixtureWaitCancelled` as soon as ``cancel`` is set (the consumer went away)."""
+        if chunk_index < self.log.sealed:
+            return
+        timeout = DEFAULT_MIXTURE_TIMEOUT if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        pause = 0.002
+        while True:
+            if cancel is not None and cancel.is_set():
+                raise MixtureWaitCancelled(f"stopped waiting for the mixture of chunk {chunk_index}")
+            follower = self._follower()
+            if follower is not None:
+                follower.refresh(self)
+            if chunk_index < self.log.sealed:
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise MixtureUnknownError(
+                    f"job {self.spec.job_id!r}: the mixture of chunk {chunk_index} is not decided after "
+                    f"{timeout:.0f} s (decided up to chunk {self.log.sealed - 1}). A dynamic mixture is "
+                    f"decided by feedback: send client.feedback(..., position=<highest chunk_index "
+                    f"consumed>) (FeedbackReporter does) or client.report_step(job, step, position=...) "
+                    f"every step from rank 0; streams may plan up to position + 1 + feedback_delay "
+                    f"({self.spec.delay}). If feedback comes less often, raise feedback_delay"
+                )
+            with self._changed:
+                self._changed.wait(min(pause, left))
+            pause = min(pause * 2, 0.05)
+
+    def seal(self, sealed: int) -> None:
+        """(Owner) Declare the weights of chunks ``< sealed`` final; wakes waiting planners."""
+        if sealed > self.log.sealed:
+            self.log.sealed = int(sealed)
+            with self._changed:
+                self._changed.notify_all()
 
     def set_key_weights(
         self, chunk_index: int, key_weights: Any, step: int | None, reason: str, **details: Any
@@ -181,10 +309,29 @@ class Job:
     ) -> None:
         """Record a change of the component weights from ``chunk_index`` on; ``details`` (JSON
         values, e.g. the position a feedback named) are kept with the change."""
+        if chunk_index < self.log.sealed and self.log.sealed != SEALED_FOREVER:
+            raise JobError(
+                f"job {self.spec.job_id!r}: a change at chunk {chunk_index} is below the seal "
+                f"({self.log.sealed}); chunks there may have been streamed already"
+            )
         self.log.add(chunk_index, weights)
         change = {"chunk": int(chunk_index), "step": step, "reason": reason, **details}
         self.changes.append(change)
         self._unsaved.append({**change, "weights": np.asarray(weights, dtype=np.float64).tolist()})
+        with self._changed:
+            self._changed.notify_all()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_changed", None)
+        state["_unsaved"] = []
+        if state.get("follower") is None and self.home is not None:
+            state["follower"] = DirectoryFollower(self.home)  # the copy follows the owner's directory
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._changed = threading.Condition()
 
     # ------------------------------------------------------------------ persistence
 
@@ -220,7 +367,7 @@ class Job:
             index=index,
             component_keys=comps,
             resolved=resolved,
-            log=WeightsLog.from_json(meta["log"]),
+            log=WeightsLog.from_json(meta["log"], int(meta.get("sealed", SEALED_FOREVER))),
             files=files,
             tokens_per_sample=None if tps is None else np.asarray(tps, dtype=np.float64),
             catalog_version=meta["catalog_version"],
@@ -234,28 +381,30 @@ class Job:
         _atomic_write(os.path.join(directory, "files.arrow"), files_bytes)
         _atomic_write(os.path.join(directory, "job.json"), job_json)
         _remove(os.path.join(directory, LOG_FILE))  # job.json holds every change now
+        write_seal(directory, self.log.sealed)
         self._unsaved.clear()
+        self.home = directory
 
     def save_log(self, directory: str) -> None:
-        """Persist the changes made since the last save: appended to ``log.jsonl``, one line each.
-
-        Appending keeps the cost of a change constant however long the job runs (rewriting
-        job.json would grow with every change); :meth:`load` replays the lines.
-        """
-        if not self._unsaved:
-            return
-        lines = "".join(json.dumps(c) + "\n" for c in self._unsaved)
-        with open(os.path.join(directory, LOG_FILE), "a") as fh:
-            fh.write(lines)
-            fh.flush()
-            os.fsync(fh.fileno())
-        self._unsaved.clear()
+        """Persist the changes made since the last save, then the seal: changes are appended to
+        ``log.jsonl``, one line each (constant cost however long the job runs; :meth:`load`
+        replays them), and the seal file is replaced after them, so a follower that reads the
+        seal first never misses a change below it."""
+        if self._unsaved:
+            lines = "".join(json.dumps(c) + "\n" for c in self._unsaved)
+            with open(os.path.join(directory, LOG_FILE), "a") as fh:
+                fh.write(lines)
+                fh.flush()
+                os.fsync(fh.fileno())
+            self._unsaved.clear()
+        write_seal(directory, self.log.sealed)
 
     def to_parts_meta(self) -> bytes:
         return json.dumps(
             {
                 "spec": self.spec.to_json(),
                 "log": self.log.to_json(),
+                "sealed": self.log.sealed,
                 "changes": self.changes,
                 "tokens_per_sample": None
                 if self.tokens_per_sample is None
@@ -265,26 +414,30 @@ class Job:
         ).encode()
 
     @classmethod
-    def load(cls, directory: str) -> Job:
+    def load(cls, directory: str, *, owner: bool = True) -> Job:
+        """A job saved under ``directory``. ``owner=False``: a copy that follows the directory
+        (another rank of a ``torchrun`` job) instead of recording changes itself."""
         parts = []
         for name in ("job.json", "index.arrow", "files.arrow"):
             with open(os.path.join(directory, name), "rb") as fh:
                 parts.append(fh.read())
         job = cls.from_parts(*parts)
+        job.home = directory
+        if not owner:
+            job.follower = DirectoryFollower(directory)
+            job.follower.refresh(job)
+            return job
         log_path = os.path.join(directory, LOG_FILE)
         if os.path.exists(log_path):
             with open(log_path) as fh:
                 for line in fh:
                     if not line.endswith("\n"):
                         break  # a line cut short by a crash: that change was never acknowledged as saved
-                    change = json.loads(line)
-                    weights = np.asarray(change.pop("weights"), dtype=np.float64)
-                    job.log.add(int(change["chunk"]), weights)
-                    job.changes.append(change)
+                    apply_line(job, json.loads(line))
+        sealed = read_seal(directory)
+        if sealed is not None:
+            job.log.sealed = max(job.log.sealed, sealed)
         return job
-
-
-LOG_FILE = "log.jsonl"
 
 
 def _remove(path: str) -> None:
@@ -311,7 +464,7 @@ def build_job(catalog: Catalog, spec: JobSpec) -> Job:
     comps = [MixtureKey.of_component(index.component_values(c)) for c in range(index.num_components)]
     sizes = index.component_sizes()
     resolved = mixture.resolve(comps, sizes, 0)
-    log = WeightsLog([(0, resolved.weights)])
+    log = WeightsLog([(0, resolved.weights)], sealed=spec.delay if spec.dynamic else SEALED_FOREVER)
     if isinstance(mixture, ScheduleMixture) and spec.samples_per_step:
         # With a known global batch, a switch at step s is a switch at a fixed chunk: deterministic everywhere.
         for step in mixture.switch_steps():
@@ -343,6 +496,8 @@ def make_spec(
     token_estimate_samples: int = 512,
     samples_per_step: int | None = None,
     feedback_delay: int | None = None,
+    mixture_tolerance: float = 1e-3,
+    chunk_tokens: int | None = None,
 ) -> JobSpec:
     try:
         mix = as_mixture(mixture)
@@ -376,4 +531,6 @@ def make_spec(
         token_estimate_samples=token_estimate_samples,
         samples_per_step=samples_per_step,
         feedback_delay=feedback_delay,
+        mixture_tolerance=mixture_tolerance,
+        chunk_tokens=chunk_tokens,
     )

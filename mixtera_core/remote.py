@@ -32,7 +32,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import grpc
@@ -44,6 +44,7 @@ from .client import Location, MixteraClient
 from .errors import MixteraError
 from .job import Job, make_spec
 from .mixture import Mixture, as_mixture
+from .mixture_log import DEFAULT_MIXTURE_TIMEOUT, MixtureUnknownError
 from .plugins import PluginManager, get_plugin_manager
 from .query import Query
 from .report import ComponentInfo, Explanation, JobReport
@@ -237,19 +238,31 @@ class RemoteChunkSource:
     caches (or has forgotten in a restart) by skipping forward from there.
     """
 
-    def __init__(self, caller: _Caller, job_id: str) -> None:
+    def __init__(self, caller: _Caller, job_id: str, timeout: float | None = None) -> None:
         self.caller = caller
         self.job_id = job_id
+        self.timeout = timeout
         self._last: dict[str, Any] | None = None
 
     def chunk(self, index: int, snapshot: dict[str, Any] | None) -> tuple[Chunk | None, dict[str, Any]]:
         hint = snapshot if snapshot is not None else self._last
-        reply = self.caller.unary(
-            "GetChunk",
-            pb.ChunkRequest(
-                job_id=self.job_id, index=index, snapshot_json="" if hint is None else json.dumps(hint)
-            ),
+        request = pb.ChunkRequest(
+            job_id=self.job_id, index=index, snapshot_json="" if hint is None else json.dumps(hint)
         )
+        deadline = time.monotonic() + (DEFAULT_MIXTURE_TIMEOUT if self.timeout is None else self.timeout)
+        pause = 0.005
+        while True:
+            reply = self.caller.unary("GetChunk", request)
+            if not reply.pending:
+                break
+            # the stream awaited the mixture already; the server had not applied it yet
+            if time.monotonic() > deadline:
+                raise MixtureUnknownError(
+                    f"job {self.job_id!r}: the server has not decided the mixture of chunk {index}; "
+                    f"send feedback (or report_step) with the consumed position from rank 0"
+                )
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
         before = json.loads(reply.before_json)
         self._last = before
         if reply.ended:
@@ -262,6 +275,75 @@ class RemoteChunkSource:
             unpack_int64(reply.stops),
         )
         return chunk, before
+
+
+@dataclass(frozen=True)
+class Connection:
+    """How to reach a server: picklable (no channel), so a job's copies in DataLoader workers
+    and other processes can open their own connection (gRPC channels do not survive fork)."""
+
+    target: str
+    token: str | None = None
+    tls_ca: bytes | None = None
+    tls_server_name: str | None = None
+    retries: int = 10
+    timeout: float | None = 60.0
+
+    def open(self) -> tuple[grpc.Channel, _Caller]:
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", CLIENT_MAX_MESSAGE),
+            ("grpc.max_send_message_length", CLIENT_MAX_MESSAGE),
+            # come back quickly after a server restart
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000),
+        ]
+        if self.tls_ca is not None:
+            if self.tls_server_name:
+                options.append(("grpc.ssl_target_name_override", self.tls_server_name))
+            channel = grpc.secure_channel(self.target, grpc.ssl_channel_credentials(self.tls_ca), options)
+        else:
+            channel = grpc.insecure_channel(self.target, options)
+        metadata = (("authorization", f"Bearer {self.token}"),) if self.token else ()
+        return channel, _Caller(pb_grpc.MixteraStub(channel), metadata, self.retries, self.timeout)
+
+
+class RemoteFollower:
+    """Keeps a job's mixture log in step with the server's (``GetMixture``): what lets a job
+    fetched from a server plan its chunks anywhere (a torch dataset, a DataLoader worker)
+    exactly as the server does. Opens its own channel in each process that uses it."""
+
+    def __init__(self, connection: Connection, job_id: str) -> None:
+        self.connection = connection
+        self.job_id = job_id
+        self._pid: int | None = None
+        self._caller: _Caller | None = None
+        self._channel: grpc.Channel | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"connection": self.connection, "job_id": self.job_id}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["connection"], state["job_id"])  # type: ignore[misc]
+
+    def _call(self) -> _Caller:
+        if self._caller is None or self._pid != os.getpid():  # a forked child must not use the parent's
+            self._channel, self._caller = self.connection.open()
+            self._pid = os.getpid()
+        return self._caller
+
+    def refresh(self, job: Job) -> None:
+        while True:
+            since = max(len(job.log.entries) - 1, 0)  # the last entry may have been replaced since
+            reply = self._call().unary("GetMixture", pb.MixtureRequest(job_id=self.job_id, since=since))
+            data = json.loads(reply.json)
+            del job.log.entries[since:]
+            del job.log._starts[since:]
+            for chunk, weights in data["entries"]:
+                job.log.add(int(chunk), np.asarray(weights, dtype=np.float64))
+            job.log.sealed = max(job.log.sealed, int(data["sealed"]))
+            if not data.get("more"):
+                return
 
 
 class RemoteSampleSource:
@@ -343,27 +425,15 @@ class RemoteMixteraClient(MixteraClient):
         self.ship_samples = ship_samples
         self.plugins = plugins or get_plugin_manager()
         target = f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
-        options: list[tuple[str, Any]] = [
-            ("grpc.max_receive_message_length", CLIENT_MAX_MESSAGE),
-            ("grpc.max_send_message_length", CLIENT_MAX_MESSAGE),
-            # come back quickly after a server restart
-            ("grpc.initial_reconnect_backoff_ms", 100),
-            ("grpc.min_reconnect_backoff_ms", 100),
-            ("grpc.max_reconnect_backoff_ms", 1000),
-        ]
+        pem: bytes | None = None
         if tls_ca is not None:
             if isinstance(tls_ca, bytes):
                 pem = tls_ca
             else:
                 with open(os.fspath(tls_ca), "rb") as fh:
                     pem = fh.read()
-            if tls_server_name:
-                options.append(("grpc.ssl_target_name_override", tls_server_name))
-            self._channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(pem), options)
-        else:
-            self._channel = grpc.insecure_channel(target, options)
-        metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self._call = _Caller(pb_grpc.MixteraStub(self._channel), metadata, retries, timeout)
+        self.connection = Connection(target, token, pem, tls_server_name, retries, timeout)
+        self._channel, self._call = self.connection.open()
         self._jobs: dict[str, Job] = {}
         self._streams: dict[str, list[RemoteJobStream]] = {}
         self._lock = threading.Lock()
@@ -483,6 +553,7 @@ class RemoteMixteraClient(MixteraClient):
             return cached
         reply = self._call.unary("GetJob", pb.JobRequest(job_id=job_id))
         job = Job.from_parts(reply.job_json, reply.index, reply.files)
+        job.follower = RemoteFollower(self.connection, job_id)  # its log follows the server's
         with self._lock:
             return self._jobs.setdefault(job_id, job)
 
@@ -499,7 +570,9 @@ class RemoteMixteraClient(MixteraClient):
             options.setdefault("dp_groups", state.get("dp_groups"))
             options.setdefault("num_workers", state.get("num_workers"))
         job = self.job(job_id)
-        options.setdefault("chunk_source", RemoteChunkSource(self._call, job_id))
+        options.setdefault(
+            "chunk_source", RemoteChunkSource(self._call, job_id, options.get("mixture_timeout"))
+        )
         if self.ship_samples:
             options.setdefault("readers", RemoteSampleSource(self._call, job_id))
         s = RemoteJobStream(job, dp_group, node, worker, plugins=self.plugins, **options)

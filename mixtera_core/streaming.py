@@ -271,8 +271,12 @@ class JobStream:
         drop_last: bool = True,
         chunk_source: ChunkSource | None = None,
         readers: SampleSource | None = None,
+        mixture_timeout: float | None = None,
     ) -> None:
         spec = job.spec
+        # seconds to wait for the mixture of a chunk past the seal (None: the module default)
+        self.mixture_timeout = mixture_timeout
+        self._cancel = threading.Event()
         self.drop_last = drop_last
         # where chunks come from (default: a planner replica in this process) and samples are read
         self.chunk_source = chunk_source
@@ -356,11 +360,16 @@ class JobStream:
     # -------------------------------------------------------------- producing
 
     def _planned(self) -> Iterator[tuple[Chunk, int, dict[str, Any]]]:
-        """(chunk, own number, planner state before it) for this stream's chunks, in order."""
+        """(chunk, own number, planner state before it) for this stream's chunks, in order.
+
+        Before asking for a chunk the stream waits until its mixture is decided (sealed): a
+        dynamic job's chunks are never planned on weights that may still change."""
         source = self.chunk_source if self.chunk_source is not None else PlannerChunkSource(self.job)
         own = int(self._start["own"])
         snapshot_hint = self._start["snapshot"]
+        cancel = self._cancel
         while True:
+            self.job.await_mixture(self.global_index(own), self.mixture_timeout, cancel)
             chunk, snapshot = source.chunk(self.global_index(own), snapshot_hint)
             snapshot_hint = None
             self.planned_up_to = max(self.planned_up_to, self.global_index(own) + 1)
@@ -426,9 +435,23 @@ class JobStream:
     def __iter__(self) -> Iterator[Any]:
         # iterating again continues where the last iteration stopped
         self._start = dict(self._position)
-        if self.job.spec.token_mode:
-            return self._iter_tokens()
-        return self._iter_samples()
+        self._cancel.set()  # a previous iteration's planner, should it still wait, gives up
+        self._cancel = threading.Event()
+        inner = self._iter_tokens() if self.job.spec.token_mode else self._iter_samples()
+        return self._cancelling(inner, self._cancel)
+
+    @staticmethod
+    def _cancelling(inner: Iterator[Any], cancel: threading.Event) -> Iterator[Any]:
+        """Stop the background planner (possibly waiting for a mixture) as soon as the consumer
+        stops, before the pipeline's threads are joined."""
+        try:
+            for item in inner:  # noqa: UP028 - `yield from` would close `inner` (join its threads) first
+                yield item
+        finally:
+            cancel.set()
+            close = getattr(inner, "close", None)
+            if close is not None:
+                close()
 
     def _iter_samples(self) -> Iterator[StreamSample]:
         first = True

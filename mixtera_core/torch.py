@@ -120,7 +120,10 @@ class MixteraDataset(tud.IterableDataset[dict[str, Any]]):
     or database handle, so DataLoader workers receive it whether they fork or spawn.
 
     ``output`` / ``decode`` (sample mode) and ``prefetch`` / ``drop_last`` are passed to
-    :class:`~mixtera_core.streaming.JobStream`. With ``drop_last=False`` in token mode a
+    :class:`~mixtera_core.streaming.JobStream`. With a dynamic mixture every worker's copy of
+    the job follows the owner's mixture log (the job directory of a local catalog, or the
+    server) and waits, at most ``mixture_timeout`` seconds (default ``MIXTERA_MIXTURE_TIMEOUT``
+    or 600), for the feedback that decides a chunk's mixture before planning it. With ``drop_last=False`` in token mode a
     stream's final, shorter sequence is padded to ``seq_len``: ``input_ids`` with the
     tokenizer's EOS id (0 without one), ``labels`` with ``-100`` and ``key_ids`` with ``-1``.
 
@@ -139,6 +142,7 @@ class MixteraDataset(tud.IterableDataset[dict[str, Any]]):
         decode: str | None = None,
         prefetch: int = 2,
         drop_last: bool = True,
+        mixture_timeout: float | None = None,
     ) -> None:
         super().__init__()
         self.job = _resolve_job(job)
@@ -160,6 +164,7 @@ class MixteraDataset(tud.IterableDataset[dict[str, Any]]):
         self.dp_group, self.node = int(dp_group), int(node)
         self.output, self.decode = output, decode
         self.prefetch, self.drop_last = prefetch, drop_last
+        self.mixture_timeout = mixture_timeout
         # stream topology: the job's, or that of loaded states (e.g. made by streaming.reshard)
         self.dp_groups, self.num_streams = spec.dp_groups, spec.num_workers
         # resume point: stream worker -> state, and the rotation DataLoader worker -> stream worker
@@ -182,6 +187,7 @@ class MixteraDataset(tud.IterableDataset[dict[str, Any]]):
             dp_groups=self.dp_groups,
             num_workers=self.num_streams,
             drop_last=self.drop_last,
+            mixture_timeout=self.mixture_timeout,
         )
 
     def check_num_workers(self, num_workers: int) -> None:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,10 @@ from typing import Any
 import pytest
 import zstandard
 
-from mixtera_core import MixteraClient
+# a stream waiting for a mixture no feedback decides fails fast in tests (inherited by workers)
+os.environ.setdefault("MIXTERA_MIXTURE_TIMEOUT", "30")
+
+from mixtera_core import MixteraClient  # noqa: E402
 
 
 def write_jsonl(path: Path, records: Iterable[Any], compression: str | None = None) -> Path:
@@ -69,3 +73,90 @@ def small_bpe(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("small_bpe") / "tokenizer.json"
     tok.save(str(path))
     return path
+
+
+_CYRILLIC = dict(
+    zip(
+        "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ",
+        "абцдефгхіжклмнопкрстувшхйзАБЦДЕФГХІЖКЛМНОПКРСТУВШХЙЗ",
+        strict=True,
+    )
+)
+
+
+def hetero_corpus(root: Path, per_key: int = 600) -> dict[str, Any]:
+    """A corpus whose documents differ on purpose in length, script and file format.
+
+    - ``lang=python`` (jsonl.zst, 2 shards): standard-library sources cut at ``def``/``class``
+      lines: a one-line stub next to a 300-line function.
+    - ``lang=c`` (parquet, 2 files): CPython's C headers cut at blank lines, plus whole headers
+      (up to 8 kB).
+    - ``lang=uk`` (jsonl.gz): standard-library docstrings in Cyrillic letters (2-byte UTF-8),
+      a few dozen characters to several pages (up to 8,000 characters).
+
+    Returns ``{"root": root, "register": [(name, location, format, parser_options)]}``.
+    """
+    import ast
+    import os
+    import re
+    import sysconfig
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    stdlib = sorted(Path(os.__file__).parent.glob("*.py"))
+    python: list[str] = []
+    docstrings: list[str] = []
+    for f in stdlib:
+        text = f.read_text(encoding="utf-8", errors="replace")
+        python.extend(p for p in re.split(r"\n(?=def |class )", text) if p.strip())
+        try:
+            tree = ast.parse(text)
+        except SyntaxError:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.ClassDef | ast.Module):
+                doc = ast.get_docstring(node)
+                if doc and len(doc) > 40:
+                    docstrings.append(doc)
+        if len(python) >= per_key and len(docstrings) >= per_key:
+            break
+    headers = sorted(Path(sysconfig.get_paths()["include"]).rglob("*.h"))
+    c_docs: list[str] = []
+    for h in headers:
+        text = h.read_text(encoding="utf-8", errors="replace")
+        c_docs.append(text[:8000])  # whole headers (cut at 8 kB)
+        c_docs.extend(p for p in text.split("\n\n") if p.strip())
+        if len(c_docs) >= per_key:
+            break
+    uk: list[str] = []
+    for i, doc in enumerate(docstrings[:per_key]):
+        body = "".join(_CYRILLIC.get(ch, ch) for ch in doc)
+        uk.append((body * (1 + (i % 7 == 0) * 6))[:8000])  # every 7th document several pages long
+    python, c_docs = python[:per_key], c_docs[:per_key]
+    half = len(python) // 2
+    write_jsonl(
+        root / "python" / "a.jsonl.zst", [{"text": t, "lang": "python"} for t in python[:half]], "zst"
+    )
+    write_jsonl(
+        root / "python" / "b.jsonl.zst", [{"text": t, "lang": "python"} for t in python[half:]], "zst"
+    )
+    (root / "c").mkdir(parents=True, exist_ok=True)
+    third = len(c_docs) // 3
+    for name, part in (("a", c_docs[:third]), ("b", c_docs[third:])):
+        pq.write_table(pa.table({"text": part, "lang": ["c"] * len(part)}), root / "c" / f"{name}.parquet")
+    write_jsonl(root / "uk" / "a.jsonl.gz", [{"text": t, "lang": "uk"} for t in uk], "gz")
+    fields = {"lang": "lang"}
+    return {
+        "root": root,
+        "register": [
+            ("python", str(root / "python"), "jsonl", fields),
+            ("c", str(root / "c"), "parquet", fields),
+            ("uk", str(root / "uk"), "jsonl", fields),
+        ],
+    }
+
+
+def register_corpus(client: Any, corpus: dict[str, Any]) -> None:
+    for name, location, fmt, fields in corpus["register"]:
+        client.register_dataset(name, location, format=fmt, parser_options=fields)

@@ -419,7 +419,9 @@ def test_feedback_replay_is_deterministic(mclient, algorithm):
         mixture = DynamicMixture(WEIGHTS, algorithm, **ALGOS[algorithm])
         job = mclient.execute(Query.for_job(job_id), mixture, chunk_size=CHUNK, seed=7, on_exhausted="repeat")
         stream = mclient.stream(job, prefetch=3)
-        runs.append(feed(mclient, job, stream, feedback, range(24)) + take(stream, 5 * CHUNK))
+        fed = feed(mclient, job, stream, feedback, range(24))
+        mclient.report_step(job, 25, position=10_000)  # training goes on without feedback
+        runs.append(fed + take(stream, 5 * CHUNK))
     assert runs[0] == runs[1]
     log_a, log_b = (mclient.checkpoint(j)["log"] for j in ("replay-a", "replay-b"))
     assert log_a == log_b and len(log_a) > 2  # the mixture did move, identically
@@ -440,14 +442,18 @@ def test_checkpoint_restore_mid_run_continues_identically(mclient, algorithm):
     feed(mclient, job, stream, feedback, range(10))
     stream_state, job_state = stream.state_dict(), mclient.checkpoint(job)
     json.dumps(job_state)  # the whole job state, algorithm included, is JSON
-    rest = feed(mclient, job, stream, feedback, range(10, 24)) + take(stream, 5 * CHUNK)
+    rest = feed(mclient, job, stream, feedback, range(10, 24))
+    mclient.report_step(job, 25, position=10_000)  # training goes on without feedback
+    rest += take(stream, 5 * CHUNK)
     final = mclient.checkpoint(job)
 
     other = MixteraClient.local(mclient.catalog.db_dir)
     try:
         other.restore(job, job_state)
         resumed = other.stream(job, state=stream_state, prefetch=1)
-        again = feed(other, job, resumed, feedback, range(10, 24)) + take(resumed, 5 * CHUNK)
+        again = feed(other, job, resumed, feedback, range(10, 24))
+        other.report_step(job, 25, position=10_000)
+        again += take(resumed, 5 * CHUNK)
         assert again == rest
         assert other.checkpoint(job)["algorithm"] == final["algorithm"]
         assert other.checkpoint(job)["log"] == final["log"]
@@ -455,21 +461,25 @@ def test_checkpoint_restore_mid_run_continues_identically(mclient, algorithm):
         other.close()
 
 
-def test_a_change_behind_the_planned_chunks_is_moved_and_marked_late(mclient):
+def test_streams_never_plan_past_the_decided_mixture(mclient):
+    """With feedback_delay=0 a change lands right after the consumed position, so a stream
+    with read-ahead must wait for each step's feedback before planning the next chunk."""
     mixture = DynamicMixture(WEIGHTS, "ado", **ALGOS["ado"])
     job = mclient.execute(
-        Query.for_job("late"), mixture, chunk_size=CHUNK, seed=1, on_exhausted="repeat", feedback_delay=0
+        Query.for_job("sealed"), mixture, chunk_size=CHUNK, seed=1, on_exhausted="repeat", feedback_delay=0
     )
-    ahead = mclient.stream(job, prefetch=1)
-    take(ahead, 30 * CHUNK)  # a stream of this process has planned 30 chunks already
-    stream = mclient.stream(job, prefetch=1)
+    stream = mclient.stream(job, prefetch=3)
     feedback = recorded_feedback(12)
-    feed(mclient, job, stream, feedback, range(12))  # positions 0..11: far behind chunk 30
+    feed(mclient, job, stream, feedback, range(12))  # positions 0..11
     changes = mclient.checkpoint(job)["changes"]
-    assert changes and all(c["late"] for c in changes)
-    assert all(c["chunk"] > c["position"] + 1 for c in changes)
+    assert changes and all(c["chunk"] == c["position"] + 1 and "late" not in c for c in changes)
+    assert mclient.job(job).log.sealed == 12 and stream.planned_up_to <= 12
+    # a position below the highest one so far: the change lands where the mixture is undecided
+    mclient.feedback(job, step=13, losses=feedback[0][0], counts=feedback[0][1], position=3)
+    assert mclient.job(job).log.sealed == 12
+    assert all(c["chunk"] >= 12 for c in mclient.checkpoint(job)["changes"][len(changes) :])
     with pytest.raises(JobError, match="position must be"):
-        mclient.feedback(job, step=13, losses=feedback[0][0], counts=feedback[0][1], position=-5)
+        mclient.feedback(job, step=14, losses=feedback[0][0], counts=feedback[0][1], position=-5)
 
 
 def test_changes_are_appended_to_the_log_file_and_reloaded(mclient):

@@ -122,3 +122,20 @@ def test_inferring_and_schedule():
 )
 def test_json_round_trip(mixture):
     assert Mixture.from_json(mixture.to_json()).to_json() == mixture.to_json()
+
+
+def test_mixture_log_lookups_seal_and_compaction():
+    from mixtera_core.mixture_log import WeightsLog
+
+    log = WeightsLog([(0, np.array([0.5, 0.5]))], sealed=4)
+    for chunk, w in ((4, [0.6, 0.4]), (9, [0.6004, 0.3996]), (12, [0.9, 0.1]), (12, [0.8, 0.2])):
+        log.add(chunk, np.array(w))
+    assert [i for i, _ in log.entries] == [0, 4, 9, 12]  # a second change at 12 replaces the first
+    assert log.at(3).tolist() == [0.5, 0.5] and log.at(11).tolist() == [0.6004, 0.3996]
+    assert log.at(10**9).tolist() == [0.8, 0.2]
+    with pytest.raises(ValueError, match="before the last one"):
+        log.add(5, np.array([1.0, 0.0]))
+    assert log.compact(1e-3) == 1  # chunk 9 moved nothing by more than 0.001
+    assert [i for i, _ in log.entries] == [0, 4, 12] and log.at(10).tolist() == [0.6, 0.4]
+    assert log.compact(1e-3, before=5) == 1  # chunks >= 5 keep their weights
+    assert [i for i, _ in log.entries] == [0, 12] and log.at(7).tolist() == [0.6, 0.4]

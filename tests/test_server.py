@@ -253,8 +253,9 @@ def test_feedback_over_the_wire(rc, local):
     s = rc.stream(job, prefetch=1)
     take(s, 50)
     start = time.perf_counter()
-    rc.feedback(job, step=1, losses=[1.0, 30.0, 1.0], counts=[10, 10, 10])
+    rc.feedback(job, step=1, losses=[1.0, 30.0, 1.0], counts=[10, 10, 10], position=0)
     assert time.perf_counter() - start < 1.0  # acknowledged, applied in the background
+    rc.report_step(job, 2, position=1000)  # no more feedback: the mixture is decided far ahead
     ck = rc.checkpoint(job)  # reads its own writes: waits for the acknowledged feedback
     assert len(ck["log"]) == 2 and ck["changes"][-1]["step"] == 1 and ck["algorithm"]["updates"] == 1
     later = collections.Counter(k for k, _ in take(s, 1000)[-500:])
@@ -263,7 +264,7 @@ def test_feedback_over_the_wire(rc, local):
     steps = [(step, [1.0 + step, 30.0 - step, 2.0], [10, 10, 10]) for step in range(2, 7)]
     for step, losses, counts in steps:
         rc.feedback(job, step, losses, counts)
-    local.feedback(job, 1, [1.0, 30.0, 1.0], [10, 10, 10])
+    local.feedback(job, 1, [1.0, 30.0, 1.0], [10, 10, 10], position=0)
     for step, losses, counts in steps:
         local.feedback(job, step, losses, counts)
     assert rc.checkpoint(job)["algorithm"] == local.checkpoint(job)["algorithm"]
@@ -297,6 +298,7 @@ def test_feedback_with_positions_gives_the_same_stream_remote_and_local(rc, loca
                     break
             losses = [1.0 + step, 20.0 - 2 * step, 3.0]
             client.feedback(job, step, losses, [10, 10, 10], position=position)
+        client.report_step(job, 9, position=10_000)  # no more feedback: decide the rest
         items += take(stream, 200)
         runs.append(items)
         changes.append(client.checkpoint(job)["changes"])
@@ -480,13 +482,15 @@ def test_sigterm_and_restart_lose_and_repeat_nothing(tmp_path, corpus, local):
             c, local, (Query.for_job("restart"), WEIGHTS), dict(chunk_size=40, seed=2, on_exhausted="repeat")
         )
         dyn = DynamicMixture({"language=python": 0.4, "language=c": 0.3, "language=en": 0.3}, "loss_weighted")
-        djob = c.execute(Query.for_job("restart-dyn"), dyn, chunk_size=10, on_exhausted="repeat")
+        djob = c.execute(
+            Query.for_job("restart-dyn"), dyn, chunk_size=10, on_exhausted="repeat", feedback_delay=16
+        )
         full = take(local.stream(job), 330)
         s = c.stream(job)
         head = take(s, 130)
         state = s.state_dict()
-        take(c.stream(djob), 100)
-        c.feedback(djob, 1, [1.0, 2.0, 3.0], [5, 5, 5])
+        take(c.stream(djob), 100)  # chunks 0..9: the mixture is decided up to chunk 15
+        c.feedback(djob, 1, [1.0, 2.0, 3.0], [5, 5, 5], position=9)
         assert c.checkpoint(djob)["changes"][-1]["chunk"] > 0
 
         assert srv.stop() == 0  # SIGTERM: clean shutdown
@@ -497,7 +501,7 @@ def test_sigterm_and_restart_lose_and_repeat_nothing(tmp_path, corpus, local):
         # ... and so does one resumed from the state taken before the restart
         assert take(c.stream(job, state=state), 200) == full[130:]
         # a mixture change after the restart lands beyond every chunk handed out before it
-        c.feedback(djob, 2, [1.0, 2.0, 3.0], [5, 5, 5])
+        c.feedback(djob, 2, [30.0, 2.0, 1.0], [5, 5, 5], position=9)
         ck = c.checkpoint(djob)
         assert c.job_status(djob)["feedback_errors"] == []
         assert len(ck["changes"]) == 2 and ck["changes"][-1]["chunk"] >= 10

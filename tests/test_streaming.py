@@ -174,20 +174,23 @@ def test_schedule_switches_at_the_right_step(mclient):
     )
     keys = [k for k, _ in take(mclient.stream(job), 100)]
     assert set(keys[:60]) == {"language=python"} and set(keys[60:]) == {"language=c,en"}
-    # without samples_per_step the switch happens at the first chunk planned after the report
-    job2 = mclient.execute(Query.for_job("sch2"), sched, chunk_size=10, on_exhausted="repeat")
-    s = mclient.stream(job2, prefetch=1)
-    first = take(s, 10)
-    mclient.report_step(job2, 2)
-    assert mclient.job(job2).changes == []
-    mclient.report_step(job2, 3)
-    change = mclient.job(job2).changes[-1]
-    assert change["step"] == 3
-    rest = take(s, 100)
-    keys = [k for k, _ in first + rest]
-    assert change["chunk"] >= 1  # never rewrites a chunk already planned
-    assert set(keys[: change["chunk"] * 10]) == {"language=python"}
-    assert set(keys[change["chunk"] * 10 :]) == {"language=c,en"}
+    # without samples_per_step, step reports decide the switch: it lands feedback_delay chunks
+    # after the position (the highest chunk consumed) of the step that reached the switch
+    job2 = mclient.execute(
+        Query.for_job("sch2"), sched, chunk_size=10, on_exhausted="repeat", feedback_delay=2
+    )
+    keys, step, position = [], 0, -1
+    for item in mclient.stream(job2, prefetch=1):
+        keys.append(item.key)
+        position = max(position, item.chunk)
+        if len(keys) % 10 == 0:  # a training step of 10 samples
+            step += 1
+            mclient.report_step(job2, step, position=position)
+        if len(keys) == 120:
+            break
+    (change,) = mclient.job(job2).changes
+    assert change["step"] == 3 and change["chunk"] == change["position"] + 3 == 5
+    assert set(keys[:50]) == {"language=python"} and set(keys[50:]) == {"language=c,en"}
 
 
 def test_dynamic_mixture_feedback_changes_the_log(mclient):
@@ -197,7 +200,8 @@ def test_dynamic_mixture_feedback_changes_the_log(mclient):
     job = mclient.execute(Query.for_job("dyn"), dyn, chunk_size=50, on_exhausted="repeat")
     s = mclient.stream(job, prefetch=1)
     take(s, 50)
-    mclient.feedback(job, step=1, losses=[1.0, 30.0, 1.0], counts=[10, 10, 10])
+    mclient.feedback(job, step=1, losses=[1.0, 30.0, 1.0], counts=[10, 10, 10], position=0)
+    mclient.report_step(job, 2, position=1000)  # later steps: no feedback, the mixture stays decided
     j = mclient.job(job)
     assert len(j.log.entries) == 2 and j.changes[-1]["step"] == 1
     later = collections.Counter(k for k, _ in take(s, 1000)[-500:])

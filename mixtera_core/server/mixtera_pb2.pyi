@@ -97,7 +97,7 @@ class ChunkRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., index: _Optional[int] = ..., snapshot_json: _Optional[str] = ...) -> None: ...
 
 class ChunkReply(_message.Message):
-    __slots__ = ("ended", "index", "comps", "file_ids", "starts", "stops", "before_json")
+    __slots__ = ("ended", "index", "comps", "file_ids", "starts", "stops", "before_json", "pending")
     ENDED_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     COMPS_FIELD_NUMBER: _ClassVar[int]
@@ -105,6 +105,7 @@ class ChunkReply(_message.Message):
     STARTS_FIELD_NUMBER: _ClassVar[int]
     STOPS_FIELD_NUMBER: _ClassVar[int]
     BEFORE_JSON_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
     ended: bool
     index: int
     comps: bytes
@@ -112,7 +113,16 @@ class ChunkReply(_message.Message):
     starts: bytes
     stops: bytes
     before_json: str
-    def __init__(self, ended: _Optional[bool] = ..., index: _Optional[int] = ..., comps: _Optional[bytes] = ..., file_ids: _Optional[bytes] = ..., starts: _Optional[bytes] = ..., stops: _Optional[bytes] = ..., before_json: _Optional[str] = ...) -> None: ...
+    pending: bool
+    def __init__(self, ended: _Optional[bool] = ..., index: _Optional[int] = ..., comps: _Optional[bytes] = ..., file_ids: _Optional[bytes] = ..., starts: _Optional[bytes] = ..., stops: _Optional[bytes] = ..., before_json: _Optional[str] = ..., pending: _Optional[bool] = ...) -> None: ...
+
+class MixtureRequest(_message.Message):
+    __slots__ = ("job_id", "since")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    since: int
+    def __init__(self, job_id: _Optional[str] = ..., since: _Optional[int] = ...) -> None: ...
 
 class ReadRequest(_message.Message):
     __slots__ = ("job_id", "file_id", "starts", "stops")

@@ -74,6 +74,11 @@ class MixteraStub:
                 request_serializer=mixtera__core_dot_server_dot_mixtera__pb2.ChunkRequest.SerializeToString,
                 response_deserializer=mixtera__core_dot_server_dot_mixtera__pb2.ChunkReply.FromString,
                 _registered_method=True)
+        self.GetMixture = channel.unary_unary(
+                '/mixtera.v1.Mixtera/GetMixture',
+                request_serializer=mixtera__core_dot_server_dot_mixtera__pb2.MixtureRequest.SerializeToString,
+                response_deserializer=mixtera__core_dot_server_dot_mixtera__pb2.Json.FromString,
+                _registered_method=True)
         self.ReadSamples = channel.unary_unary(
                 '/mixtera.v1.Mixtera/ReadSamples',
                 request_serializer=mixtera__core_dot_server_dot_mixtera__pb2.ReadRequest.SerializeToString,
@@ -164,6 +169,13 @@ class MixteraServicer:
 
     def GetChunk(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetMixture(self, request, context):
+        """{"sealed": S, "since": k, "entries": [[chunk, weights], ...]}
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -260,6 +272,11 @@ def add_MixteraServicer_to_server(servicer, server):
                     servicer.GetChunk,
                     request_deserializer=mixtera__core_dot_server_dot_mixtera__pb2.ChunkRequest.FromString,
                     response_serializer=mixtera__core_dot_server_dot_mixtera__pb2.ChunkReply.SerializeToString,
+            ),
+            'GetMixture': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMixture,
+                    request_deserializer=mixtera__core_dot_server_dot_mixtera__pb2.MixtureRequest.FromString,
+                    response_serializer=mixtera__core_dot_server_dot_mixtera__pb2.Json.SerializeToString,
             ),
             'ReadSamples': grpc.unary_unary_rpc_method_handler(
                     servicer.ReadSamples,
@@ -518,6 +535,33 @@ class Mixtera:
             '/mixtera.v1.Mixtera/GetChunk',
             mixtera__core_dot_server_dot_mixtera__pb2.ChunkRequest.SerializeToString,
             mixtera__core_dot_server_dot_mixtera__pb2.ChunkReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMixture(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mixtera.v1.Mixtera/GetMixture',
+            mixtera__core_dot_server_dot_mixtera__pb2.MixtureRequest.SerializeToString,
+            mixtera__core_dot_server_dot_mixtera__pb2.Json.FromString,
             options,
             channel_credentials,
             insecure,

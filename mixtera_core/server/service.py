@@ -8,7 +8,9 @@ maps onto one of its methods, and chunk descriptors come from its central planne
 explain run in a small worker pool while the handler streams progress or waits; feedback
 and step reports are acknowledged at once and applied, in the order they arrived, by one
 single-threaded executor, so the mixing algorithm sees the same sequence every time. A
-mixture change takes effect at the runtime's horizon (the first chunk not yet planned).
+mixture change takes effect at ``position + 1 + feedback_delay`` and seals the log up to there;
+a chunk past the seal is not planned (``GetChunk`` answers ``pending``, the client asks again),
+so every client, and a client reading the job in-process, sees the same chunks.
 Checkpoint, Report and JobStatus first wait for the feedback already acknowledged, so a
 client reads its own writes.
 
@@ -16,11 +18,10 @@ client reads its own writes.
 has a lock that orders its loading, building, chunk planning and mixture changes, so a job
 is loaded once and a mixture change never races the planner.
 
-**Restarts.** Jobs live under ``DB_DIR/jobs``; a restarted server reloads a job on first
-use and regenerates any chunk from the planner snapshot the client sends. The service
-persists, per job, a horizon reservation (``server.json``: a chunk index beyond every
-chunk it has handed out, advanced in steps of :data:`HORIZON_RESERVE`), so a mixture
-change after a restart never lands on a chunk a client may already have streamed.
+**Restarts.** Jobs live under ``DB_DIR/jobs``; a restarted server reloads a job (its mixture
+log and seal included) on first use and regenerates any chunk from the planner snapshot the
+client sends. Since no chunk past the seal was ever handed out, a mixture change after a
+restart never lands on a chunk a client may already have streamed.
 
 **Allowed roots.** Registration, ``ReadSamples`` and tokenizer files given by path only
 touch files whose real path (symlinks resolved) lies under an allowed root; anything else
@@ -87,7 +88,7 @@ MAX_SEND_MESSAGE = 1 << 30  # bytes a reply may have (a job's index can be large
 MAX_CHUNK_SIZE = 1 << 24  # samples per chunk the server plans
 MAX_READ_SAMPLES = 1 << 20  # samples per ReadSamples request
 MAX_PEEK = 10_000
-HORIZON_RESERVE = 256
+MAX_LOG_ENTRIES = 100_000  # mixture log entries per GetMixture reply
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 _GLOB_CHARS = set("*?[")
 _EXPLAIN_OPTIONS = {
@@ -269,8 +270,6 @@ class _JobSlot:
     algorithm: threading.Lock = field(default_factory=threading.Lock)  # the mixing algorithm's updates
     counters: threading.Lock = field(default_factory=threading.Lock)  # pending / errors
     loaded: bool = False
-    reserved: int = 0  # chunks below this may have been handed out (persisted in server.json)
-    horizon: int | None = None  # the runtime's horizon after the last chunk this process planned
     pending: int = 0  # feedback / step reports acknowledged, not applied yet
     errors: list[str] = field(default_factory=list)
 
@@ -297,7 +296,7 @@ class MixteraService(pb_grpc.MixteraServicer):
                 refit_processes, mp_context=multiprocessing.get_context("spawn")
             )
             self._refits.submit(int)  # start the process now, not at the first refit
-        self.engine = LocalMixteraClient(db_dir, plugins, algorithm_executor=self._refits)
+        self.engine = LocalMixteraClient(db_dir, plugins, algorithm_executor=self._refits, rank=0)
         self.roots = AllowedRoots(allowed_roots if allowed_roots else default_roots(self.engine))
         self.max_chunk_size = max_chunk_size
         self._catalog_lock = threading.Lock()
@@ -338,28 +337,9 @@ class MixteraService(pb_grpc.MixteraServicer):
         return slot
 
     def _load(self, job_id: str, slot: _JobSlot) -> None:
-        """First use of a job in this process: load it once; keep changes beyond earlier handouts."""
-        job = self.engine.job(job_id)  # JobError "no job ..." -> NOT_FOUND
-        path = self._reservation_path(job_id)
-        if os.path.exists(path):
-            with open(path) as fh:
-                slot.reserved = int(json.load(fh)["reserved"])
-            last = job.log.entries[-1][0] if job.log.entries else 0
-            self.engine.reserve_horizon(job_id, max(slot.reserved, int(last)))
+        """First use of a job in this process: load it once (its mixture log and seal with it)."""
+        self.engine.job(job_id)  # JobError "no job ..." -> NOT_FOUND
         slot.loaded = True
-
-    def _reservation_path(self, job_id: str) -> str:
-        return os.path.join(self.engine.catalog.db_dir, "jobs", job_id, "server.json")
-
-    def _reserve(self, job_id: str, slot: _JobSlot, horizon: int) -> None:
-        """Persist a bound beyond every chunk handed out, before handing out the chunk."""
-        if horizon <= slot.reserved:
-            return
-        slot.reserved = horizon + HORIZON_RESERVE
-        path = self._reservation_path(job_id)
-        with open(path + ".tmp", "w") as fh:
-            json.dump({"reserved": slot.reserved}, fh)
-        os.replace(path + ".tmp", path)
 
     def _barrier(self) -> None:
         """Wait until every feedback / step report acknowledged so far has been applied."""
@@ -584,6 +564,9 @@ class MixteraService(pb_grpc.MixteraServicer):
         snapshot = self._snapshot(request.snapshot_json, request.index, job.index.num_components)
         with slot.lock:
             runtime = self.engine.runtime(request.job_id)
+            if request.index >= runtime.horizon and request.index >= job.log.sealed:
+                # its mixture is not decided yet: never plan it on weights that may still change
+                return pb.ChunkReply(pending=True, index=request.index)
             # planning walks chunk by chunk: refuse to walk absurdly far for one request
             start = None
             snap_next = None if snapshot is None else int(snapshot["next_index"])
@@ -601,8 +584,6 @@ class MixteraService(pb_grpc.MixteraServicer):
                     f"plan from; send the planner snapshot of the stream's state with the request",
                 )
             chunk, before = runtime.chunk(request.index, snapshot)
-            slot.horizon = runtime.horizon
-            self._reserve(request.job_id, slot, runtime.horizon)
         before_json = json.dumps(before)
         if chunk is None:
             return pb.ChunkReply(ended=True, index=request.index, before_json=before_json)
@@ -614,6 +595,20 @@ class MixteraService(pb_grpc.MixteraServicer):
             stops=pack_int64(chunk.stops),
             before_json=before_json,
         )
+
+    @_unary
+    def GetMixture(self, request: pb.MixtureRequest, context: grpc.ServicerContext) -> pb.Json:
+        slot = self._slot(request.job_id)
+        job = self.engine.job(request.job_id)
+        if request.since < 0:
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"since must be >= 0, got {request.since}")
+        with slot.lock:
+            since = min(int(request.since), len(job.log.entries))
+            entries = [[i, w.tolist()] for i, w in job.log.entries[since : since + MAX_LOG_ENTRIES]]
+            more = since + len(entries) < len(job.log.entries)
+            # a partial answer must not claim a seal its missing entries would contradict
+            sealed = entries[-1][0] if more else job.log.sealed
+        return pb.Json(json=_dumps({"sealed": sealed, "since": since, "entries": entries, "more": more}))
 
     @_unary
     def ReadSamples(self, request: pb.ReadRequest, context: grpc.ServicerContext) -> pb.ReadReply:
@@ -753,7 +748,7 @@ class MixteraService(pb_grpc.MixteraServicer):
         with slot.counters:
             out.update(
                 {
-                    "horizon": slot.horizon,
+                    "sealed": self.engine.job(job_id).log.sealed if slot.loaded else None,
                     "pending_feedback": slot.pending,
                     "feedback_errors": list(slot.errors),
                 }

@@ -1,0 +1,182 @@
+"""The mixture log: which weights are in force at every chunk of a job, and how far that is known.
+
+A job's mixture can change while it streams (feedback to a dynamic mixture, a schedule
+switched by step reports). For every process that plans chunks of the job — the training
+process, each DataLoader worker, every DDP rank, a server — to plan chunk ``i`` with the same
+weights, the log carries a **seal**: chunks ``[0, sealed)`` have final weights, and no change
+can ever land before ``sealed``. A feedback naming the consumed position ``q`` seals up to
+``q + 1 + feedback_delay`` and its change (if any) lands exactly there, so the log is a
+function of the feedback sequence alone. A planner that reaches an unsealed chunk waits for
+the log's owner (bounded by a timeout, then :class:`MixtureUnknownError`) instead of guessing.
+
+Who owns the log: the client that built the job (rank 0 of a ``torchrun`` job with a local
+catalog, or the server). Everyone else follows it: a :class:`DirectoryFollower` reads the
+job directory (``log.jsonl`` + ``seal``) that the owner appends to; a remote client's follower
+asks the server (see :mod:`mixtera_core.remote`). A static mixture is sealed forever.
+
+Lookups are O(log n) in the number of changes (bisect), so planning at step 100,000 costs what
+it costs at step 10.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import json
+import os
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from .errors import MixteraError
+
+#: ``sealed`` of a log that never changes (a static mixture)
+SEALED_FOREVER = 1 << 62
+#: seconds a planner waits for an unsealed chunk's weights before it gives up
+DEFAULT_MIXTURE_TIMEOUT = float(os.environ.get("MIXTERA_MIXTURE_TIMEOUT", "600"))
+LOG_FILE = "log.jsonl"
+SEAL_FILE = "seal"
+
+
+class MixtureUnknownError(MixteraError, TimeoutError):
+    """A chunk's mixture was not decided within the timeout (no feedback reached that far)."""
+
+
+class MixtureWaitCancelled(MixteraError):
+    """A planner stopped waiting for a mixture because its consumer went away."""
+
+
+class WeightsLog:
+    """Component weights in force from a chunk index on: ``[(chunk_index, weights), ...]``,
+    plus ``sealed``: chunks before it can no longer change."""
+
+    def __init__(self, entries: Sequence[tuple[int, np.ndarray]] = (), sealed: int = SEALED_FOREVER) -> None:
+        self.entries: list[tuple[int, np.ndarray]] = []
+        self._starts: list[int] = []
+        self.sealed = int(sealed)
+        for i, w in entries:
+            self.add(i, w)
+
+    def add(self, chunk_index: int, weights: np.ndarray) -> None:
+        chunk_index = int(chunk_index)
+        if self.entries and chunk_index < self.entries[-1][0]:
+            raise ValueError(
+                f"mixture change at chunk {chunk_index} is before the last one ({self.entries[-1][0]})"
+            )
+        w = np.asarray(weights, dtype=np.float64)
+        if self.entries and chunk_index == self.entries[-1][0]:
+            self.entries[-1] = (chunk_index, w)
+        else:
+            self.entries.append((chunk_index, w))
+            self._starts.append(chunk_index)
+
+    def at(self, chunk_index: int) -> np.ndarray:
+        """The weights in force at ``chunk_index`` (O(log n))."""
+        k = bisect.bisect_right(self._starts, int(chunk_index)) - 1
+        return self.entries[max(k, 0)][1]
+
+    @property
+    def last(self) -> tuple[int, np.ndarray]:
+        return self.entries[-1]
+
+    def to_json(self) -> list[list[Any]]:
+        return [[i, w.tolist()] for i, w in self.entries]
+
+    @classmethod
+    def from_json(cls, data: Sequence[Sequence[Any]], sealed: int = SEALED_FOREVER) -> WeightsLog:
+        return cls([(int(i), np.asarray(w, dtype=np.float64)) for i, w in data], sealed)
+
+    def compact(self, tolerance: float, before: int | None = None) -> int:
+        """Merge changes that move no weight by more than ``tolerance`` from the entry kept
+        before them, and (with ``before``) drop the history that only chunks ``< before`` use.
+        Returns the number of entries removed. The weights in force at every chunk ``>= before``
+        move by at most ``tolerance``."""
+        kept: list[tuple[int, np.ndarray]] = []
+        for i, w in self.entries:
+            if kept and float(np.max(np.abs(w - kept[-1][1]), initial=0.0)) <= tolerance:
+                continue
+            kept.append((i, w))
+        if before is not None:
+            k = bisect.bisect_right([i for i, _ in kept], int(before)) - 1
+            if k > 0:  # the weights in force at `before` stand for everything before it
+                kept = [(kept[0][0], kept[k][1]), *kept[k + 1 :]]
+        removed = len(self.entries) - len(kept)
+        self.entries = kept
+        self._starts = [i for i, _ in kept]
+        return removed
+
+
+class LogFollower(Protocol):
+    """Brings a job's log up to date with its owner (a job directory, a server)."""
+
+    def refresh(self, job: Any) -> None: ...
+
+
+class DirectoryFollower:
+    """Follows the log a job's owner appends to ``DIR/log.jsonl`` and seals in ``DIR/seal``.
+
+    The owner appends a change before it moves the seal past it, and this follower reads the
+    seal before the lines, so every change below the seal it read is in the lines it reads.
+    Holds no open file and no lock: safe to pickle into spawned workers and to use after fork.
+    """
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self._offset = 0
+        self._inode: int | None = None
+
+    def refresh(self, job: Any) -> None:
+        sealed = read_seal(self.directory)
+        path = os.path.join(self.directory, LOG_FILE)
+        try:
+            fh = open(path, "rb")  # noqa: SIM115 - closed below
+        except FileNotFoundError:
+            if self._offset:  # the owner compacted or restored the job: start over from job.json
+                self._reload(job)
+            job.log.sealed = max(job.log.sealed, sealed) if sealed is not None else job.log.sealed
+            return
+        with fh:
+            inode = os.fstat(fh.fileno()).st_ino
+            if self._inode is not None and inode != self._inode:
+                self._reload(job)
+            self._inode = inode
+            fh.seek(self._offset)
+            data = fh.read()
+        end = data.rfind(b"\n") + 1  # a line cut short is the owner still writing it
+        for line in data[:end].splitlines():
+            apply_line(job, json.loads(line))
+        self._offset += end
+        if sealed is not None:
+            job.log.sealed = max(job.log.sealed, sealed)
+
+    def _reload(self, job: Any) -> None:
+        with open(os.path.join(self.directory, "job.json"), "rb") as fh:
+            meta = json.loads(fh.read())
+        job.log = WeightsLog.from_json(meta["log"], int(meta.get("sealed", SEALED_FOREVER)))
+        job.changes = list(meta.get("changes", []))
+        self._offset = 0
+        self._inode = None
+
+
+def apply_line(job: Any, change: dict[str, Any]) -> None:
+    """Apply one ``log.jsonl`` line (a change with its weights) to a job."""
+    change = dict(change)
+    weights = np.asarray(change.pop("weights"), dtype=np.float64)
+    job.log.add(int(change["chunk"]), weights)
+    job.changes.append(change)
+
+
+def read_seal(directory: str) -> int | None:
+    with contextlib.suppress(FileNotFoundError, ValueError), open(os.path.join(directory, SEAL_FILE)) as fh:
+        return int(fh.read())
+    return None
+
+
+def write_seal(directory: str, sealed: int) -> None:
+    """Replace the seal file atomically (no fsync: it is for followers, the log is durable)."""
+    path = os.path.join(directory, SEAL_FILE)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as fh:
+        fh.write(str(int(sealed)))
+    os.replace(tmp, path)
