@@ -45,7 +45,11 @@ class MixteraClient(ABC):
 
     @staticmethod
     def local(
-        db_dir: str | os.PathLike[str], plugins: PluginManager | None = None, *, rank: int | None = None
+        db_dir: str | os.PathLike[str],
+        plugins: PluginManager | None = None,
+        *,
+        rank: int | None = None,
+        job_timeout: float = 600.0,
     ) -> LocalMixteraClient:
         """A client running on an embedded catalog in ``db_dir`` (created if needed).
 
@@ -53,9 +57,10 @@ class MixteraClient(ABC):
         global rank 0 opens the catalog and owns the jobs' mixture logs; the other ranks load
         the jobs rank 0 builds from ``db_dir/jobs`` and follow their logs, so they never take
         DuckDB's write lock. ``rank`` defaults to what the launcher set (``RANK``,
-        ``LOCAL_RANK``/``NODE_RANK``, or an initialized ``torch.distributed``).
+        ``LOCAL_RANK``/``NODE_RANK``, or an initialized ``torch.distributed``); ``job_timeout``
+        is how long the other ranks wait for rank 0 to build a job.
         """
-        return LocalMixteraClient(db_dir, plugins, rank=rank)
+        return LocalMixteraClient(db_dir, plugins, rank=rank, job_timeout=job_timeout)
 
     @staticmethod
     def remote(
@@ -628,7 +633,7 @@ class LocalMixteraClient(MixteraClient):
         elif job.spec != spec:
             raise JobError(f"job {job_id!r} exists with another spec than the checkpoint's")
         default_seal = spec.delay if spec.dynamic else SEALED_FOREVER
-        job.log = WeightsLog.from_json(state["log"], int(state.get("sealed", default_seal)))
+        job.log.assign(WeightsLog.from_json(state["log"], int(state.get("sealed", default_seal))))
         self._runtimes.pop(job_id, None)  # its planner holds the old log
         job.changes = list(state.get("changes", []))
         if state.get("algorithm") is not None:

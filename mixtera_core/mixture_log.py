@@ -76,6 +76,17 @@ class WeightsLog:
         k = bisect.bisect_right(self._starts, int(chunk_index)) - 1
         return self.entries[max(k, 0)][1]
 
+    def assign(self, other: WeightsLog) -> None:
+        """Take ``other``'s entries and seal in place: planners holding this log see them."""
+        self.entries = list(other.entries)
+        self._starts = list(other._starts)
+        self.sealed = other.sealed
+
+    def truncate(self, n: int) -> None:
+        """Keep the first ``n`` entries (a follower about to re-read the rest)."""
+        del self.entries[n:]
+        del self._starts[n:]
+
     @property
     def last(self) -> tuple[int, np.ndarray]:
         return self.entries[-1]
@@ -153,7 +164,7 @@ class DirectoryFollower:
     def _reload(self, job: Any) -> None:
         with open(os.path.join(self.directory, "job.json"), "rb") as fh:
             meta = json.loads(fh.read())
-        job.log = WeightsLog.from_json(meta["log"], int(meta.get("sealed", SEALED_FOREVER)))
+        job.log.assign(WeightsLog.from_json(meta["log"], int(meta.get("sealed", SEALED_FOREVER))))
         job.changes = list(meta.get("changes", []))
         self._offset = 0
         self._inode = None

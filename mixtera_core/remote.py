@@ -337,8 +337,7 @@ class RemoteFollower:
             since = max(len(job.log.entries) - 1, 0)  # the last entry may have been replaced since
             reply = self._call().unary("GetMixture", pb.MixtureRequest(job_id=self.job_id, since=since))
             data = json.loads(reply.json)
-            del job.log.entries[since:]
-            del job.log._starts[since:]
+            job.log.truncate(since)
             for chunk, weights in data["entries"]:
                 job.log.add(int(chunk), np.asarray(weights, dtype=np.float64))
             job.log.sealed = max(job.log.sealed, int(data["sealed"]))

@@ -97,17 +97,22 @@ def reference(client, job_id: str, dp_groups: int, num_workers: int) -> list[lis
 
 def loader_run(client, job_id: str, num_workers: int, context: str | None, dataset_job=None) -> list:
     """One dp group through MixteraDataLoader with ``num_workers`` worker processes."""
-    names = client.job(job_id).key_names
     dataset = MixteraDataset(dataset_job if dataset_job is not None else client.job(job_id), dp_group=0)
     kwargs = {"multiprocessing_context": context} if context else {}
     loader = MixteraDataLoader(dataset, batch_size=BATCH, num_workers=num_workers, **kwargs)
+    return train(client, job_id, loader, 0, STEPS)
+
+
+def train(client, job_id: str, loader, first: int, last: int) -> list:
+    """Steps ``first..last-1`` of the trainer loop over ``loader``: its batches as rows."""
+    names = client.job(job_id).key_names
     out = []
-    for step, batch in enumerate(loader):
+    for step, batch in enumerate(loader, start=first):
         rows = list(zip(batch["key"], batch["text"], batch["chunk_index"].tolist(), strict=True))
         out.append(rows)
         losses, counts, position = step_feedback(names, [rows])
         client.feedback(job_id, step + 1, losses, counts, position=position)
-        if step + 1 == STEPS:
+        if step + 1 == last:
             break
     return out
 
@@ -157,6 +162,26 @@ def test_dataloader_workers_follow_the_mixture(local, ref_w2, context):
     got = loader_run(local, job, 2, context)
     assert_shifted(got)
     assert got == ref_w2
+
+
+def test_dataloader_resume_after_a_crash_repeats_and_loses_nothing(local, ref_w2):
+    """Checkpoint at step 12 (loader state + job state), train on (the log moves past the
+    checkpoint), "crash", restore both: the resumed run is the uninterrupted one."""
+    job = execute(local, "resume-fork", 1, 2)
+
+    def loader():
+        dataset = MixteraDataset(local.job(job))
+        return MixteraDataLoader(dataset, batch_size=BATCH, num_workers=2, multiprocessing_context="fork")
+
+    first = loader()
+    head = train(local, job, first, 0, 12)
+    data_state, job_state = first.state_dict(), local.checkpoint(job)
+    lost = train(local, job, first, 12, 18)  # trained on, then lost in the crash
+    assert lost == ref_w2[12:18]
+    local.restore(job, job_state)
+    resumed = loader()
+    resumed.load_state_dict(data_state)
+    assert head + train(local, job, resumed, 12, STEPS) == ref_w2
 
 
 def test_token_mode_dataloader_workers_follow_the_mixture(local, small_bpe):
@@ -355,3 +380,23 @@ def test_remote_streams_and_a_remote_torch_dataset_follow_the_server(server, ref
         assert rc.mixture_history(job) == rc.mixture_history("remote-streams")
     finally:
         rc.close()
+
+
+def test_other_ranks_never_open_the_catalog_and_say_what_to_do(local, ref_w2, tmp_path):
+    db = Path(local.db_dir)
+    follower = MixteraClient.local(db, rank=1, job_timeout=1)
+    try:
+        # rank 0 (this module's client) holds DuckDB's lock: rank 1 still gets the job
+        job = execute(follower, "ref-g1w2", 1, 2)
+        assert follower.job(job).spec == local.job(job).spec
+        assert follower.mixture_history(job) == local.mixture_history(job)
+        with pytest.raises(Exception, match="only rank 0 opens the catalog"):
+            follower.list_datasets()
+        with pytest.raises(Exception, match="runs on rank 0"):
+            follower.feedback(job, 1, [1.0] * 3, [1.0] * 3, position=0)
+        with pytest.raises(Exception, match="filesystem all nodes share"):
+            execute(follower, "never-built", 1, 2)
+    finally:
+        follower.close()
+    with pytest.raises(Exception, match="filesystem all nodes share"):
+        execute(MixteraClient.local(tmp_path / "not-shared", rank=3, job_timeout=0.2), "x", 1, 2)
