@@ -616,7 +616,7 @@ class LocalMixteraClient(MixteraClient):
         }
 
     def restore(self, job_id: str, state: dict[str, Any]) -> None:
-        from .mixture_log import SEALED_FOREVER, WeightsLog
+        from .mixture_log import WeightsLog
 
         self._owner_only("restore()")
         spec = JobSpec.from_json(state["spec"])
@@ -632,8 +632,7 @@ class LocalMixteraClient(MixteraClient):
             job = self._jobs[job_id] = self._build(spec)
         elif job.spec != spec:
             raise JobError(f"job {job_id!r} exists with another spec than the checkpoint's")
-        default_seal = spec.delay if spec.dynamic else SEALED_FOREVER
-        job.log.assign(WeightsLog.from_json(state["log"], int(state.get("sealed", default_seal))))
+        job.log.assign(WeightsLog.from_json(state["log"], int(state.get("sealed", spec.initial_seal))))
         self._runtimes.pop(job_id, None)  # its planner holds the old log
         job.changes = list(state.get("changes", []))
         if state.get("algorithm") is not None:

@@ -83,7 +83,9 @@ class FeedbackReporter:
     """Computes, all-reduces and sends per-key feedback; only rank ``sender_rank`` sends.
 
     ``every`` accumulates that many steps into one message (fewer round trips to a
-    server); the step sent is the last one of the window.
+    server); the step sent is the last one of the window. Streams plan at most
+    ``feedback_delay`` chunks past the last position sent, so with ``every > 1`` the job's
+    ``feedback_delay`` must cover ``every`` steps of data too (or they wait for the message).
     """
 
     def __init__(

@@ -124,9 +124,11 @@ class JobSpec:
         if self.samples_per_step is not None and self.samples_per_step < 1:
             raise JobError(f"samples_per_step must be positive, got {self.samples_per_step!r}")
         if self.feedback_delay is not None and (
-            not isinstance(self.feedback_delay, int) or not 0 <= self.feedback_delay <= 2**31
+            not isinstance(self.feedback_delay, int) or not 1 <= self.feedback_delay <= 2**31
         ):
-            raise JobError(f"feedback_delay must be an integer >= 0, got {self.feedback_delay!r}")
+            # 0 would deadlock: the chunk after the consumed one would wait for the feedback of a
+            # step that needs it
+            raise JobError(f"feedback_delay must be an integer >= 1, got {self.feedback_delay!r}")
         if self.chunk_tokens is not None:
             if not isinstance(self.chunk_tokens, int) or isinstance(self.chunk_tokens, bool):
                 raise JobError(f"chunk_tokens must be a positive integer, got {self.chunk_tokens!r}")
@@ -161,6 +163,12 @@ class JobSpec:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def initial_seal(self) -> int:
+        """Chunks decided before any feedback: those a change from the first step (position
+        0) cannot reach, and at least chunk 0, which the first step needs."""
+        return max(self.delay, 1) if self.dynamic else SEALED_FOREVER
 
     @property
     def dynamic(self) -> bool:
@@ -464,7 +472,7 @@ def build_job(catalog: Catalog, spec: JobSpec) -> Job:
     comps = [MixtureKey.of_component(index.component_values(c)) for c in range(index.num_components)]
     sizes = index.component_sizes()
     resolved = mixture.resolve(comps, sizes, 0)
-    log = WeightsLog([(0, resolved.weights)], sealed=spec.delay if spec.dynamic else SEALED_FOREVER)
+    log = WeightsLog([(0, resolved.weights)], sealed=spec.initial_seal)
     if isinstance(mixture, ScheduleMixture) and spec.samples_per_step:
         # With a known global batch, a switch at step s is a switch at a fixed chunk: deterministic everywhere.
         for step in mixture.switch_steps():

@@ -62,7 +62,8 @@ SMALL = {"warmup": 100, "refit_every": 50, "subsample": 2, "savgol_window": 11}
 )
 def test_fit_recovers_noiseless_power_laws(eps, beta, alpha):
     n = np.geomspace(5, 20000, 200)
-    law = fit_scaling_law(n, eps + beta * n ** (-alpha))
+    # without the default prior eps >= e^0.5 (the official one, for LM cross-entropy in nats)
+    law = fit_scaling_law(n, eps + beta * n ** (-alpha), log_eps_bounds=(None, None))
     assert law is not None
     assert law.eps == pytest.approx(eps, rel=0.01)
     assert law.beta == pytest.approx(beta, rel=0.01)
@@ -88,7 +89,7 @@ def test_floor_weights_is_an_exact_floor():
 
 
 def test_ado_improving_domain_gains_flat_domain_keeps_the_floor():
-    steep, flat = power_law(1.5, 8.0, 0.5), power_law(2.0, 0.05, 0.1)
+    steep, flat = power_law(1.8, 8.0, 0.5), power_law(2.0, 0.05, 0.1)  # eps >= e^0.5: the default prior
     algo = ADO([0.5, 0.5], **SMALL)
     seen = []
 
@@ -462,22 +463,24 @@ def test_checkpoint_restore_mid_run_continues_identically(mclient, algorithm):
 
 
 def test_streams_never_plan_past_the_decided_mixture(mclient):
-    """With feedback_delay=0 a change lands right after the consumed position, so a stream
-    with read-ahead must wait for each step's feedback before planning the next chunk."""
+    """With feedback_delay=1 a change lands right after the chunk after the consumed position,
+    so a stream with read-ahead must wait for each step's feedback to plan one chunk further."""
     mixture = DynamicMixture(WEIGHTS, "ado", **ALGOS["ado"])
     job = mclient.execute(
-        Query.for_job("sealed"), mixture, chunk_size=CHUNK, seed=1, on_exhausted="repeat", feedback_delay=0
+        Query.for_job("sealed"), mixture, chunk_size=CHUNK, seed=1, on_exhausted="repeat", feedback_delay=1
     )
     stream = mclient.stream(job, prefetch=3)
     feedback = recorded_feedback(12)
     feed(mclient, job, stream, feedback, range(12))  # positions 0..11
     changes = mclient.checkpoint(job)["changes"]
-    assert changes and all(c["chunk"] == c["position"] + 1 and "late" not in c for c in changes)
-    assert mclient.job(job).log.sealed == 12 and stream.planned_up_to <= 12
+    assert changes and all(c["chunk"] == c["position"] + 2 for c in changes)
+    assert mclient.job(job).log.sealed == 13 and stream.planned_up_to <= 13
     # a position below the highest one so far: the change lands where the mixture is undecided
     mclient.feedback(job, step=13, losses=feedback[0][0], counts=feedback[0][1], position=3)
-    assert mclient.job(job).log.sealed == 12
-    assert all(c["chunk"] >= 12 for c in mclient.checkpoint(job)["changes"][len(changes) :])
+    assert mclient.job(job).log.sealed == 13
+    assert all(c["chunk"] >= 13 for c in mclient.checkpoint(job)["changes"][len(changes) :])
+    with pytest.raises(JobError, match="feedback_delay must be an integer >= 1"):
+        mclient.execute(Query.for_job("no-delay"), mixture, chunk_size=CHUNK, feedback_delay=0)
     with pytest.raises(JobError, match="position must be"):
         mclient.feedback(job, step=14, losses=feedback[0][0], counts=feedback[0][1], position=-5)
 
