@@ -20,9 +20,9 @@ R = TypeVar("R")
 _END = object()
 
 
-def prefetch(items: Iterable[T], depth: int = 2, name: str = "mixtera-prefetch") -> Generator[T, None, None]:
-    q: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
-    stop = threading.Event()
+def _feed(items: Iterable[Any], q: queue.Queue[Any], stop: threading.Event, name: str) -> threading.Thread:
+    """A daemon thread putting ``items`` into ``q``, then ``_END`` (or the exception raised);
+    it gives up as soon as ``stop`` is set."""
 
     def put(item: Any) -> bool:
         while not stop.is_set():
@@ -44,6 +44,13 @@ def prefetch(items: Iterable[T], depth: int = 2, name: str = "mixtera-prefetch")
 
     thread = threading.Thread(target=run, name=name, daemon=True)
     thread.start()
+    return thread
+
+
+def prefetch(items: Iterable[T], depth: int = 2, name: str = "mixtera-prefetch") -> Generator[T, None, None]:
+    q: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+    thread = _feed(items, q, stop, name)
     try:
         while True:
             item = q.get()
@@ -85,26 +92,7 @@ def parallel_map(
     feed: queue.Queue[Any] = queue.Queue(maxsize=1)
     stop = threading.Event()
 
-    def put(x: Any) -> bool:
-        while not stop.is_set():
-            try:
-                feed.put(x, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def run() -> None:
-        try:
-            for item in items:
-                if not put(item):
-                    return
-            put(_END)
-        except BaseException as e:  # handed to the consumer
-            put(e)
-
-    feeder = threading.Thread(target=run, name=name + "-feed", daemon=True)
-    feeder.start()
+    feeder = _feed(items, feed, stop, name + "-feed")
     ended = False
     try:
         while not ended or pending:
