@@ -39,6 +39,9 @@ Location = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 
 log = logging.getLogger(__name__)
 
+#: mixture log entries beyond which a job's history is compacted (then twice the entries kept)
+COMPACT_ENTRIES = 256
+
 
 class MixteraClient(ABC):
     """The operations every Mixtera client offers, local or remote."""
@@ -285,6 +288,7 @@ class LocalMixteraClient(MixteraClient):
         self._algorithms: dict[str, Any] = {}
         self._streams: dict[str, list[JobStream]] = {}
         self._runtimes: dict[str, JobRuntime] = {}
+        self._compact_at: dict[str, int] = {}  # log entries beyond which the job is compacted
 
     @property
     def owner(self) -> bool:
@@ -605,12 +609,17 @@ class LocalMixteraClient(MixteraClient):
         return self._checkpoint(job, algo)
 
     def _checkpoint(self, job: Job, algo: Any) -> dict[str, Any]:
+        # only the mixture a stream can still need: its size does not grow with the steps trained
+        # (a data state saved with this checkpoint, or later, resumes at or after the floor)
+        floor = job.history_floor
+        log_now = job.log.copy()
+        log_now.compact(floor)
         return {
             "spec": job.spec.to_json(),
             "catalog_version": job.catalog_version,
-            "log": job.log.to_json(),
+            "log": log_now.to_json(),
             "sealed": job.log.sealed,
-            "changes": list(job.changes),
+            "changes": [c for c in job.changes if int(c["chunk"]) >= floor],
             "algorithm": None if algo is None else algo.state_dict(),
             "last_step": getattr(job, "last_step", None),
         }
@@ -693,7 +702,17 @@ class LocalMixteraClient(MixteraClient):
                     chunk, weights, step, f"{self._algorithms[job_id].name} update", **details
                 )
         job.seal(chunk)
-        job.save_log(self._job_dir(job_id))
+        self._persist_log(job)
+
+    def _persist_log(self, job: Job) -> None:
+        """Append the new changes and the seal; now and then fold away the history no stream
+        can need any more, so the log (and job.json, and loading it) stays small however long
+        the job runs."""
+        directory = self._job_dir(job.spec.job_id)
+        job.save_log(directory)
+        if len(job.log.entries) > self._compact_at.get(job.spec.job_id, COMPACT_ENTRIES):
+            job.compact(directory)
+            self._compact_at[job.spec.job_id] = max(COMPACT_ENTRIES, 2 * len(job.log.entries))
 
     @staticmethod
     def _check_position(position: int | None) -> None:
@@ -712,28 +731,21 @@ class LocalMixteraClient(MixteraClient):
         self._check_position(position)
         return max(int(position) + 1 + job.spec.delay, sealed), {"position": int(position)}
 
-    def compact_mixture_log(
-        self, job_id: str, tolerance: float | None = None, before: int | None = None
-    ) -> int:
-        """Shrink a job's mixture log: merge changes that move no component weight by more than
-        ``tolerance`` (default: the job's ``mixture_tolerance``) from the entry kept before them,
-        and with ``before`` (the lowest position any stream will resume from) drop the history
-        only earlier chunks use. Folds ``log.jsonl`` into ``job.json``; followers reload it.
-        Returns the number of entries removed."""
+    def compact_mixture_log(self, job_id: str) -> int:
+        """Drop a job's mixture history below the lowest chunk a stream can still need
+        (``Job.history_floor``) and fold ``log.jsonl`` into ``job.json``; followers reload it.
+        The client also does this on its own as the log grows. Returns the entries removed."""
         self._owner_only("compact_mixture_log()")
         job = self.job(job_id)
-        tol = job.spec.mixture_tolerance if tolerance is None else float(tolerance)
-        removed = job.log.compact(tol, before)
-        job.save(self._job_dir(job_id))
-        self._runtimes.pop(job_id, None)
-        return removed
+        return job.compact(self._job_dir(job_id))
 
     def _save_algorithm(self, job_id: str) -> None:
         algo = self._algorithms.get(job_id)
         if algo is not None:
             path = os.path.join(self._job_dir(job_id), "algorithm.json")
+            text = json.dumps(algo.state_dict())  # one C-encoded string: json.dump is ~2x slower
             with open(path + ".tmp", "w") as fh:
-                json.dump(algo.state_dict(), fh)
+                fh.write(text)
             os.replace(path + ".tmp", path)
 
     def report_step(self, job_id: str, step: int, position: int | None = None) -> None:
@@ -758,7 +770,7 @@ class LocalMixteraClient(MixteraClient):
                         chunk, new.weights, step, f"schedule switch at step {switch}", **details
                     )
         job.seal(chunk)
-        job.save_log(self._job_dir(job_id))
+        self._persist_log(job)
 
     def close(self) -> None:
         for job_id, streams in self._streams.items():

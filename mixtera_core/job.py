@@ -393,6 +393,28 @@ class Job:
         self._unsaved.clear()
         self.home = directory
 
+    @property
+    def history_floor(self) -> int:
+        """The lowest chunk a stream of this job can still need: the highest position reported
+        (``sealed - 1 - delay``) less the streams' read-ahead lag (``delay``). The mixture before
+        it is history that checkpoints and compaction drop."""
+        if self.log.sealed >= SEALED_FOREVER or not self.spec.dynamic:
+            return 0
+        return max(0, self.log.sealed - 1 - 2 * self.spec.delay)
+
+    def compact(self, directory: str) -> int:
+        """Drop the mixture history below :attr:`history_floor` and fold ``log.jsonl`` into
+        ``job.json``; returns the entries removed. Followers notice the new files and reload
+        (in place)."""
+        floor = self.history_floor
+        removed = self.log.compact(floor)
+        self.changes = [c for c in self.changes if int(c["chunk"]) >= floor]
+        _atomic_write(os.path.join(directory, "job.json"), self.to_parts_meta())
+        _remove(os.path.join(directory, LOG_FILE))
+        self._unsaved.clear()
+        write_seal(directory, self.log.sealed)
+        return removed
+
     def save_log(self, directory: str) -> None:
         """Persist the changes made since the last save, then the seal: changes are appended to
         ``log.jsonl``, one line each (constant cost however long the job runs; :meth:`load`

@@ -82,6 +82,11 @@ class WeightsLog:
         self._starts = list(other._starts)
         self.sealed = other.sealed
 
+    def copy(self) -> WeightsLog:
+        out = WeightsLog(sealed=self.sealed)
+        out.assign(self)
+        return out
+
     def truncate(self, n: int) -> None:
         """Keep the first ``n`` entries (a follower about to re-read the rest)."""
         del self.entries[n:]
@@ -98,24 +103,17 @@ class WeightsLog:
     def from_json(cls, data: Sequence[Sequence[Any]], sealed: int = SEALED_FOREVER) -> WeightsLog:
         return cls([(int(i), np.asarray(w, dtype=np.float64)) for i, w in data], sealed)
 
-    def compact(self, tolerance: float, before: int | None = None) -> int:
-        """Merge changes that move no weight by more than ``tolerance`` from the entry kept
-        before them, and (with ``before``) drop the history that only chunks ``< before`` use.
-        Returns the number of entries removed. The weights in force at every chunk ``>= before``
-        move by at most ``tolerance``."""
-        kept: list[tuple[int, np.ndarray]] = []
-        for i, w in self.entries:
-            if kept and float(np.max(np.abs(w - kept[-1][1]), initial=0.0)) <= tolerance:
-                continue
-            kept.append((i, w))
-        if before is not None:
-            k = bisect.bisect_right([i for i, _ in kept], int(before)) - 1
-            if k > 0:  # the weights in force at `before` stand for everything before it
-                kept = [(kept[0][0], kept[k][1]), *kept[k + 1 :]]
-        removed = len(self.entries) - len(kept)
-        self.entries = kept
-        self._starts = [i for i, _ in kept]
-        return removed
+    def compact(self, before: int) -> int:
+        """Drop the history only chunks ``< before`` use: the weights in force at ``before``
+        then stand for every earlier chunk. The weights of every chunk ``>= before`` are
+        unchanged (merging changes after the fact would alter chunks already streamed; the
+        tolerance applies when a change is logged). Returns the number of entries removed."""
+        k = bisect.bisect_right(self._starts, int(before)) - 1
+        if k <= 0:
+            return 0
+        self.entries = [(self.entries[0][0], self.entries[k][1]), *self.entries[k + 1 :]]
+        self._starts = [i for i, _ in self.entries]
+        return k
 
 
 class LogFollower(Protocol):

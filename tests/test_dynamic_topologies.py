@@ -400,3 +400,29 @@ def test_other_ranks_never_open_the_catalog_and_say_what_to_do(local, ref_w2, tm
         follower.close()
     with pytest.raises(Exception, match="filesystem all nodes share"):
         execute(MixteraClient.local(tmp_path / "not-shared", rank=3, job_timeout=0.2), "x", 1, 2)
+
+
+def test_a_long_run_keeps_log_and_checkpoint_small_and_followers_in_step(local, ref_w2):
+    """Noisy feedback changes the weights at every step: the client folds away the history no
+    stream can need, the checkpoint stays flat, and a follower (another process's copy of the
+    job) plans every chunk it can still need with the owner's weights throughout."""
+    from mixtera_core.client import COMPACT_ENTRIES
+    from mixtera_core.job import Job
+
+    job = execute(local, "long-run", 1, 1)
+    owner = local.job(job)
+    follower = Job.load(owner.home, owner=False)
+    rng = np.random.default_rng(0)
+    sizes = {}
+    for step in range(1, 1201):
+        local.feedback(job, step, (1 + rng.random(3)).tolist(), [1.0, 1.0, 1.0], position=step - 1)
+        if step % 50 == 0:
+            follower.follower.refresh(follower)
+            assert follower.log.sealed == owner.log.sealed
+            for chunk in range(owner.history_floor, owner.log.sealed):
+                assert follower.log.at(chunk).tolist() == owner.log.at(chunk).tolist()
+        if step in (300, 1200):
+            sizes[step] = len(json.dumps(local.checkpoint(job)))
+    assert len(owner.changes) > 0 and len(owner.log.entries) <= 2 * COMPACT_ENTRIES
+    assert sizes[1200] < 2 * sizes[300], sizes
+    assert len(Path(owner.home, "job.json").read_bytes()) < 100_000

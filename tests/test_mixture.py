@@ -135,7 +135,7 @@ def test_mixture_log_lookups_seal_and_compaction():
     assert log.at(10**9).tolist() == [0.8, 0.2]
     with pytest.raises(ValueError, match="before the last one"):
         log.add(5, np.array([1.0, 0.0]))
-    assert log.compact(1e-3) == 1  # chunk 9 moved nothing by more than 0.001
-    assert [i for i, _ in log.entries] == [0, 4, 12] and log.at(10).tolist() == [0.6, 0.4]
-    assert log.compact(1e-3, before=5) == 1  # chunks >= 5 keep their weights
-    assert [i for i, _ in log.entries] == [0, 12] and log.at(7).tolist() == [0.6, 0.4]
+    assert log.compact(5) == 1  # chunks >= 5 keep their weights
+    assert [i for i, _ in log.entries] == [0, 9, 12] and log.at(7).tolist() == [0.6, 0.4]
+    assert log.at(9).tolist() == [0.6004, 0.3996] and log.at(0).tolist() == [0.6, 0.4]
+    assert log.compact(3) == 0
