@@ -62,10 +62,20 @@ def all_reduce_feedback(
 
     if not (dist.is_available() and dist.is_initialized()):
         return sums, counts
-    both = torch.cat([sums, counts])
+    both = torch.cat([sums, counts]).to(_collective_device(group))
     dist.all_reduce(both, op=dist.ReduceOp.SUM, group=group)
+    both = both.to(sums.device)
     n = sums.numel()
     return both[:n], both[n:]
+
+
+def _collective_device(group: Any = None) -> torch.device:
+    """Where a tensor must live for a collective of ``group``: NCCL only reduces CUDA tensors."""
+    import torch.distributed as dist
+
+    if "nccl" in str(dist.get_backend(group)).lower() and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def all_reduce_position(position: int, group: Any = None) -> int:
@@ -74,7 +84,7 @@ def all_reduce_position(position: int, group: Any = None) -> int:
 
     if not (dist.is_available() and dist.is_initialized()):
         return position
-    t = torch.tensor([position], dtype=torch.int64)
+    t = torch.tensor([position], dtype=torch.int64, device=_collective_device(group))
     dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
     return int(t.item())
 

@@ -147,11 +147,16 @@ class JobSpec:
         their read-ahead: each stream holds up to ~4 of its own chunks (planned, being read,
         being tokenized), and the streams of all dp groups and workers take turns, hence
         ``4 * dp_groups * num_workers``. In training steps that is ``4 * num_workers`` steps when
-        a chunk holds one rank's batch (the lag a change has, at most, after its feedback).
+        a chunk holds one rank's batch (the lag a change has, at most, after its feedback). In
+        token mode chunks hold *about* ``chunk_tokens`` tokens, and a batch may need several
+        small ones: the default is ``12 * dp_groups * num_workers`` there.
         """
         if self.feedback_delay is not None:
             return self.feedback_delay
-        return 4 * self.dp_groups * self.num_workers
+        # token mode: chunks are cut by estimated tokens, so a few consecutive chunks of short
+        # documents can hold less than one batch; 12 per stream covered every case measured
+        per_stream = 12 if self.token_mode else 4
+        return per_stream * self.dp_groups * self.num_workers
 
     @property
     def token_mode(self) -> bool:
@@ -221,6 +226,8 @@ class Job:
     follower: LogFollower | None = field(default=None, repr=False, compare=False)
     # changes made since the last save()/save_log(): appended to log.jsonl by save_log()
     _unsaved: list[dict[str, Any]] = field(default_factory=list, repr=False, compare=False)
+    # bumped by every rewrite of job.json (compaction, restore): followers reload on a new one
+    generation: int = field(default=0, compare=False)
     _owner_pid: int = field(default_factory=os.getpid, repr=False, compare=False)
     _changed: threading.Condition = field(default_factory=threading.Condition, repr=False, compare=False)
 
@@ -292,7 +299,10 @@ class Job:
                     f"decided by feedback: send client.feedback(..., position=<highest chunk_index "
                     f"consumed>) (FeedbackReporter does) or client.report_step(job, step, position=...) "
                     f"every step from rank 0; streams may plan up to position + 1 + feedback_delay "
-                    f"({self.spec.delay}). If feedback comes less often, raise feedback_delay"
+                    f"({self.spec.delay}). If feedback comes every step already, the next batch needs "
+                    f"more than feedback_delay chunks (small chunks, or short documents in token mode): "
+                    f"raise feedback_delay (or chunk_size / chunk_tokens); if it comes less often, "
+                    f"feedback_delay must cover the steps in between"
                 )
             with self._changed:
                 self._changed.wait(min(pause, left))
@@ -380,17 +390,15 @@ class Job:
             tokens_per_sample=None if tps is None else np.asarray(tps, dtype=np.float64),
             catalog_version=meta["catalog_version"],
             changes=meta.get("changes", []),
+            generation=int(meta.get("generation", 0)),
         )
 
     def save(self, directory: str) -> None:
         os.makedirs(directory, exist_ok=True)
-        job_json, index_bytes, files_bytes = self.to_parts()
+        _, index_bytes, files_bytes = self.to_parts()
         _atomic_write(os.path.join(directory, "index.arrow"), index_bytes)
         _atomic_write(os.path.join(directory, "files.arrow"), files_bytes)
-        _atomic_write(os.path.join(directory, "job.json"), job_json)
-        _remove(os.path.join(directory, LOG_FILE))  # job.json holds every change now
-        write_seal(directory, self.log.sealed)
-        self._unsaved.clear()
+        self._rewrite_meta(directory)
         self.home = directory
 
     @property
@@ -409,11 +417,16 @@ class Job:
         floor = self.history_floor
         removed = self.log.compact(floor)
         self.changes = [c for c in self.changes if int(c["chunk"]) >= floor]
+        self._rewrite_meta(directory)
+        return removed
+
+    def _rewrite_meta(self, directory: str) -> None:
+        """A new generation: job.json holds every change, log.jsonl starts empty, then the seal."""
+        self.generation += 1
+        self._unsaved.clear()
         _atomic_write(os.path.join(directory, "job.json"), self.to_parts_meta())
         _remove(os.path.join(directory, LOG_FILE))
-        self._unsaved.clear()
-        write_seal(directory, self.log.sealed)
-        return removed
+        write_seal(directory, self.generation, self.log.sealed)
 
     def save_log(self, directory: str) -> None:
         """Persist the changes made since the last save, then the seal: changes are appended to
@@ -421,13 +434,13 @@ class Job:
         replays them), and the seal file is replaced after them, so a follower that reads the
         seal first never misses a change below it."""
         if self._unsaved:
-            lines = "".join(json.dumps(c) + "\n" for c in self._unsaved)
+            lines = "".join(json.dumps({**c, "generation": self.generation}) + "\n" for c in self._unsaved)
             with open(os.path.join(directory, LOG_FILE), "a") as fh:
                 fh.write(lines)
                 fh.flush()
                 os.fsync(fh.fileno())
             self._unsaved.clear()
-        write_seal(directory, self.log.sealed)
+        write_seal(directory, self.generation, self.log.sealed)
 
     def to_parts_meta(self) -> bytes:
         return json.dumps(
@@ -440,6 +453,7 @@ class Job:
                 if self.tokens_per_sample is None
                 else self.tokens_per_sample.tolist(),
                 "catalog_version": self.catalog_version,
+                "generation": self.generation,
             }
         ).encode()
 
@@ -463,9 +477,11 @@ class Job:
                 for line in fh:
                     if not line.endswith("\n"):
                         break  # a line cut short by a crash: that change was never acknowledged as saved
-                    apply_line(job, json.loads(line))
-        sealed = read_seal(directory)
-        if sealed is not None:
+                    change = json.loads(line)
+                    if int(change.pop("generation", 0)) == job.generation:
+                        apply_line(job, change)
+        generation, sealed = read_seal(directory)
+        if sealed is not None and generation == job.generation:
             job.log.sealed = max(job.log.sealed, sealed)
         return job
 

@@ -127,36 +127,38 @@ class DirectoryFollower:
 
     The owner appends a change before it moves the seal past it, and this follower reads the
     seal before the lines, so every change below the seal it read is in the lines it reads.
-    Holds no open file and no lock: safe to pickle into spawned workers and to use after fork.
+    Each rewrite of ``job.json`` (a compaction, a restore) starts a new *generation*: the lines
+    and the seal carry the generation they belong to, and a follower that sees a new one
+    reloads ``job.json`` — seal included, which a restore may have moved back — and ignores
+    what belongs to another. Holds no open file and no lock: safe to pickle into spawned
+    workers and to use after fork.
     """
 
     def __init__(self, directory: str) -> None:
         self.directory = directory
+        self._generation: int | None = None
         self._offset = 0
-        self._inode: int | None = None
 
     def refresh(self, job: Any) -> None:
-        sealed = read_seal(self.directory)
-        path = os.path.join(self.directory, LOG_FILE)
+        generation, sealed = read_seal(self.directory)
+        if generation is not None and generation != self._generation:
+            self._reload(job)
+            generation, sealed = read_seal(self.directory)
         try:
-            fh = open(path, "rb")  # noqa: SIM115 - closed below
+            with open(os.path.join(self.directory, LOG_FILE), "rb") as fh:
+                fh.seek(self._offset)
+                data = fh.read()
         except FileNotFoundError:
-            if self._offset:  # the owner compacted or restored the job: start over from job.json
-                self._reload(job)
-            job.log.sealed = max(job.log.sealed, sealed) if sealed is not None else job.log.sealed
-            return
-        with fh:
-            inode = os.fstat(fh.fileno()).st_ino
-            if self._inode is not None and inode != self._inode:
-                self._reload(job)
-            self._inode = inode
-            fh.seek(self._offset)
-            data = fh.read()
+            data = b""
         end = data.rfind(b"\n") + 1  # a line cut short is the owner still writing it
         for line in data[:end].splitlines():
-            apply_line(job, json.loads(line))
+            change = json.loads(line)
+            if int(change.pop("generation", 0)) != self._generation:
+                self._generation = None  # a rewrite under way: reload at the next refresh
+                return
+            apply_line(job, change)
         self._offset += end
-        if sealed is not None:
+        if sealed is not None and generation == self._generation:
             job.log.sealed = max(job.log.sealed, sealed)
 
     def _reload(self, job: Any) -> None:
@@ -164,8 +166,8 @@ class DirectoryFollower:
             meta = json.loads(fh.read())
         job.log.assign(WeightsLog.from_json(meta["log"], int(meta.get("sealed", SEALED_FOREVER))))
         job.changes = list(meta.get("changes", []))
+        self._generation = int(meta.get("generation", 0))
         self._offset = 0
-        self._inode = None
 
 
 def apply_line(job: Any, change: dict[str, Any]) -> None:
@@ -176,16 +178,18 @@ def apply_line(job: Any, change: dict[str, Any]) -> None:
     job.changes.append(change)
 
 
-def read_seal(directory: str) -> int | None:
+def read_seal(directory: str) -> tuple[int | None, int | None]:
+    """(generation, sealed) from the seal file; (None, None) when there is none yet."""
     with contextlib.suppress(FileNotFoundError, ValueError), open(os.path.join(directory, SEAL_FILE)) as fh:
-        return int(fh.read())
-    return None
+        generation, sealed = fh.read().split()
+        return int(generation), int(sealed)
+    return None, None
 
 
-def write_seal(directory: str, sealed: int) -> None:
+def write_seal(directory: str, generation: int, sealed: int) -> None:
     """Replace the seal file atomically (no fsync: it is for followers, the log is durable)."""
     path = os.path.join(directory, SEAL_FILE)
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w") as fh:
-        fh.write(str(int(sealed)))
+        fh.write(f"{int(generation)} {int(sealed)}")
     os.replace(tmp, path)

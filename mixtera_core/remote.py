@@ -319,6 +319,7 @@ class RemoteFollower:
         self._pid: int | None = None
         self._caller: _Caller | None = None
         self._channel: grpc.Channel | None = None
+        self._generation: int | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {"connection": self.connection, "job_id": self.job_id}
@@ -334,13 +335,22 @@ class RemoteFollower:
 
     def refresh(self, job: Job) -> None:
         while True:
-            since = max(len(job.log.entries) - 1, 0)  # the last entry may have been replaced since
+            # the last entry may have been replaced since; a new generation (the job was restored
+            # or compacted on the server) replaces everything, seal included
+            since = max(len(job.log.entries) - 1, 0) if job.generation == self._generation else 0
             reply = self._call().unary("GetMixture", pb.MixtureRequest(job_id=self.job_id, since=since))
             data = json.loads(reply.json)
-            job.log.truncate(since)
+            generation = int(data.get("generation", 0))
+            fresh = generation != self._generation or since == 0
+            if generation != self._generation and since > 0:
+                self._generation = generation
+                continue  # ask again from the first entry
+            job.log.truncate(int(data["since"]))
             for chunk, weights in data["entries"]:
                 job.log.add(int(chunk), np.asarray(weights, dtype=np.float64))
-            job.log.sealed = max(job.log.sealed, int(data["sealed"]))
+            sealed = int(data["sealed"])
+            job.log.sealed = sealed if fresh else max(job.log.sealed, sealed)
+            self._generation = job.generation = generation
             if not data.get("more"):
                 return
 

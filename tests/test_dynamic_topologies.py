@@ -426,3 +426,24 @@ def test_a_long_run_keeps_log_and_checkpoint_small_and_followers_in_step(local, 
     assert len(owner.changes) > 0 and len(owner.log.entries) <= 2 * COMPACT_ENTRIES
     assert sizes[1200] < 2 * sizes[300], sizes
     assert len(Path(owner.home, "job.json").read_bytes()) < 100_000
+
+
+def test_a_follower_takes_a_restore_that_moves_the_mixture_back(local, ref_w2):
+    """A restore rewrites the job directory with an earlier log and a lower seal: followers
+    (other ranks, workers) must take it as it is, not keep what they had seen."""
+    from mixtera_core.job import Job
+
+    job = execute(local, "restored", 1, 1)
+    owner = local.job(job)
+    follower = Job.load(owner.home, owner=False)  # loaded before any change: no log.jsonl yet
+    for step in range(1, 4):
+        local.feedback(job, step, [1.0, 1.0, 3.0], [1.0, 1.0, 1.0], position=step - 1)
+    saved = local.checkpoint(job)
+    for step in range(4, 9):
+        local.feedback(job, step, [3.0, 1.0, 1.0], [1.0, 1.0, 1.0], position=step - 1)
+    follower.follower.refresh(follower)
+    assert follower.log.sealed == owner.log.sealed == 12
+    local.restore(job, saved)
+    follower.follower.refresh(follower)
+    assert follower.log.sealed == owner.log.sealed == 7
+    assert follower.log.to_json() == owner.log.to_json()

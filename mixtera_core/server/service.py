@@ -608,7 +608,14 @@ class MixteraService(pb_grpc.MixteraServicer):
             more = since + len(entries) < len(job.log.entries)
             # a partial answer must not claim a seal its missing entries would contradict
             sealed = entries[-1][0] if more else job.log.sealed
-        return pb.Json(json=_dumps({"sealed": sealed, "since": since, "entries": entries, "more": more}))
+        reply = {
+            "sealed": sealed,
+            "since": since,
+            "entries": entries,
+            "more": more,
+            "generation": job.generation,
+        }
+        return pb.Json(json=_dumps(reply))
 
     @_unary
     def ReadSamples(self, request: pb.ReadRequest, context: grpc.ServicerContext) -> pb.ReadReply:
