@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import importlib
 import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -11,13 +15,15 @@ pytest.importorskip("torch")
 pytest.importorskip("lightning")
 
 import lightning as L  # noqa: E402
+import mixture_shift as shift  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from mixtera_integrations.lightning import MixteraDataModule, MixteraFeedbackCallback  # noqa: E402
 from test_streaming import WEIGHTS, corpus  # noqa: E402, F401  (module fixture reused)
 
 from mixtera_core import MixteraClient, Query  # noqa: E402
-from mixtera_core.mixture import DynamicMixture  # noqa: E402
+from mixtera_core.job import Job  # noqa: E402
+from mixtera_core.mixture import DynamicMixture, ScheduleMixture  # noqa: E402
 from mixtera_core.plugins import PluginManager  # noqa: E402
 from mixtera_core.streaming import JobStream  # noqa: E402
 
@@ -158,9 +164,6 @@ def test_world_size_must_match_dp_groups(lclient, small_bpe, tmp_path):
 
 
 def test_example_runs(tmp_path):
-    import subprocess
-    import sys
-    from pathlib import Path
 
     script = Path(__file__).resolve().parent.parent / "examples" / "lightning_train.py"
     res = subprocess.run(
@@ -211,3 +214,192 @@ def test_ddp_ranks_get_their_dp_group_and_the_checkpoint_holds_both(lclient, sma
     assert seen[0] != seen[1]
     saved = torch.load(tmp_path / "ckpt" / "epoch=0-step=4.ckpt", weights_only=False)["MixteraDataModule"]
     assert {k: v["batches"] for k, v in saved["streams"].items()} == {"0/0": 4, "1/0": 4}
+
+
+# ------------------------------------------------------------------ the trained data follows the feedback
+# (scheme and checks: tests/mixture_shift.py)
+
+
+class ShiftLM(L.LightningModule):
+    """A 1-layer GPT-2 that returns its per-token losses (the favoured key's x10) as "token_loss"
+    for MixteraFeedbackCallback and records every batch it trains on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = shift.gpt2()
+        self.favoured = -1
+        self.trained: list[dict] = []
+
+    def on_fit_start(self) -> None:
+        self.favoured = self.trainer.datamodule.job.key_names.index(shift.FAVOURED)
+
+    def training_step(self, batch, batch_idx):
+        logits = self.model(input_ids=batch["input_ids"]).logits
+        labels, keys = batch["labels"], batch["key_ids"]
+        token_loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none").view_as(labels)
+        feedback = shift.feedback_losses(token_loss, keys, self.favoured)
+        self.trained.append(shift.step_record(feedback, keys, batch["chunk_index"], batch["input_ids"]))
+        return {"loss": token_loss.mean(), "token_loss": feedback}
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=1e-3)
+
+
+def shift_datamodule(client, job_id: str, bpe, dp_groups: int, mixture=None) -> MixteraDataModule:
+    return MixteraDataModule(
+        client,
+        query=Query.for_job(job_id),
+        mixture=mixture or shift.shifting_mixture(),
+        tokenizer=("hf", str(bpe)),
+        batch_size=shift.BATCH,
+        **shift.shift_options(dp_groups, 2),
+    )
+
+
+@pytest.fixture(scope="module")
+def hetero_db(tmp_path_factory):
+    return shift.make_hetero_db(tmp_path_factory.mktemp("lshift"))
+
+
+def test_feedback_shifts_the_trained_data_with_dataloader_workers(hetero_db, small_bpe, tmp_path):
+    """One process, num_workers=2 (forked DataLoader workers follow the job's directory)."""
+    with MixteraClient.local(hetero_db, rank=0) as client:
+        module, cb = ShiftLM(), MixteraFeedbackCallback()
+        dm = shift_datamodule(client, "l-shift-w2", small_bpe, 1)
+        trainer(tmp_path, shift.STEPS, [cb]).fit(module, datamodule=dm)
+        assert cb.sent == shift.STEPS and len(module.trained) == shift.STEPS
+        shift.assert_shifted(module.trained, dm.job.key_names)
+        assert client.mixture_weights("l-shift-w2")[shift.FAVOURED] > 0.9
+        shift.assert_replays(client.job("l-shift-w2"), 0, 2, module.trained)
+
+
+def test_a_schedule_switched_by_the_step_is_reported_and_lands(hetero_db, small_bpe, tmp_path):
+    """A ScheduleMixture without samples_per_step is sealed like a dynamic one: the callback
+    reports every step (rank 0, highest consumed chunk), else the streams would stop at the seal.
+    Every sequence of a chunk before the switch's chunk is c/python; those after it are uk."""
+    before = {"lang=c": 0.5, "lang=python": 0.5, "lang=uk": 0.0}
+    after = {"lang=c": 0.0, "lang=python": 0.0, "lang=uk": 1.0}
+    with MixteraClient.local(hetero_db, rank=0) as client:
+        dm = shift_datamodule(client, "l-schedule", small_bpe, 1, ScheduleMixture([(0, before), (3, after)]))
+        rec = SequenceRecorder()
+        trainer(tmp_path, 40, [MixteraFeedbackCallback(), rec]).fit(TinyLM(), datamodule=dm)
+        (change,) = client.checkpoint("l-schedule")["changes"]
+        assert change["reason"] == "schedule switch at step 3"
+        assert change["chunk"] >= change["position"] + 1 + dm.job.spec.delay  # (or the seal, if higher)
+        uk = dm.job.key_names.index(shift.FAVOURED)
+        old = [keys for chunk, keys in rec.sequences if chunk < change["chunk"]]
+        new = [keys for chunk, keys in rec.sequences if chunk >= change["chunk"]]
+        assert len(old) >= 48 and not any(uk in keys for keys in old)
+        # (the first sequence a stream packs after the switch may end a document from before it)
+        tokens = [k for keys in new for k in keys]
+        assert len(new) >= 40 and tokens.count(uk) / len(tokens) > 0.95
+
+
+class SequenceRecorder(L.Callback):
+    """(chunk index, key id of every token) of every trained sequence."""
+
+    def __init__(self) -> None:
+        self.sequences: list[tuple[int, list[int]]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        for chunk, keys in zip(batch["chunk_index"].tolist(), batch["key_ids"].tolist(), strict=True):
+            self.sequences.append((chunk, keys))
+
+
+def test_a_rank_other_than_0_follows_a_restored_mixture(hetero_db, monkeypatch):
+    """Resuming, rank 0 restores the job's mixture state and the other ranks take the restored
+    log: also when their copy had read nothing of the old log.jsonl (loaded after an earlier
+    restore), which a follower alone would not notice (nor move its seal back)."""
+    import mixtera_integrations._distributed as ranks
+
+    with MixteraClient.local(hetero_db, rank=0) as owner:
+        job_id = owner.execute(
+            Query.for_job("l-restore"), shift.shifting_mixture(), chunk_size=4, on_exhausted="repeat"
+        )
+        checkpoints = {}
+        for step in range(1, 7):
+            owner.feedback(
+                job_id, step, [3.0, 1.0, 1.0] if step % 2 else [1.0, 1.0, 3.0], [1.0] * 3, position=step
+            )
+            checkpoints[step] = owner.checkpoint(job_id)
+        owner.restore(job_id, checkpoints[6])  # an earlier resume: job.json holds the log, no log.jsonl
+        other = MixteraClient.local(hetero_db, rank=1)
+        dm = MixteraDataModule(other, job_id=job_id)
+        dm.setup("fit")
+        assert dm.job.log.sealed == checkpoints[6]["sealed"]
+        owner.restore(job_id, checkpoints[3])  # rank 0 resumes from an earlier checkpoint ...
+        monkeypatch.setattr(ranks, "global_rank", lambda: 1)
+        dm.load_state_dict(
+            {"job_id": job_id, "streams": {}, "job": checkpoints[3]}
+        )  # ... rank 1 after the barrier
+        assert other.job(job_id) is dm.job and dm.job.log.sealed == checkpoints[3]["sealed"]
+        owner.feedback(job_id, 4, [1.0, 5.0, 1.0], [1.0] * 3, position=4)  # the resumed run's next step
+        dm.job.await_mixture(owner.job(job_id).log.sealed - 1, timeout=5)
+        assert other.mixture_history(job_id) == owner.mixture_history(job_id)
+        assert other.mixture_weights(job_id, 9) == owner.mixture_weights(job_id, 9)
+        other.close()
+
+
+RESUME_AT = 40
+LIGHTNING_DDP_SCRIPT = (
+    textwrap.dedent(
+        """
+    import json, sys
+    import lightning as L
+    import mixture_shift as shift
+    from mixtera_core import MixteraClient
+    from mixtera_integrations.lightning import MixteraFeedbackCallback
+    from test_lightning import ShiftLM, shift_datamodule
+
+    db, out, bpe, job_id = sys.argv[1:5]
+    client = MixteraClient.local(db)  # on every rank: rank 0 owns the catalog, the others follow it
+    """
+    )
+    + shift.RECORD_FEEDBACK
+    + textwrap.dedent(
+        """
+    def fit(steps, callbacks=(), ckpt_path=None):
+        module = ShiftLM()
+        trainer = L.Trainer(
+            max_steps=steps, accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_progress_bar=False,
+            enable_model_summary=False, enable_checkpointing=bool(callbacks), default_root_dir=out,
+            callbacks=[MixteraFeedbackCallback(), *callbacks],
+        )
+        trainer.fit(module, datamodule=shift_datamodule(client, job_id, bpe, 2), ckpt_path=ckpt_path)
+        trainer.strategy.barrier()  # rank 0 has sent the last feedback
+        return trainer.global_rank, module.trained
+
+    ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=f"{out}/ckpt", every_n_train_steps=RESUME_AT, save_top_k=-1)
+    rank, trained = fit(shift.STEPS, [ckpt])
+    report = {"owner": client.owner, "trained": trained, "sent": list(sent),
+              "history": client.mixture_history(job_id)}
+    keep_job(job_id)
+    # a restarted run: the same datamodule, resumed from the checkpoint (rank 0 restores the
+    # mixture state, rank 1 follows the restored log)
+    rank, report["resumed"] = fit(shift.STEPS, ckpt_path=f"{out}/ckpt/epoch=0-step={RESUME_AT}.ckpt")
+    report["history_after_resume"] = client.mixture_history(job_id)
+    with open(f"{out}/rank{rank}.json", "w") as fh:
+        json.dump(report, fh)
+    client.close()
+    """
+    )
+).replace("RESUME_AT", str(RESUME_AT))
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("launcher", ["torchrun", "lightning"])
+def test_two_ddp_processes_on_a_local_catalog_shift_the_trained_data(
+    hetero_db, small_bpe, tmp_path, launcher
+):
+    """Two ranks (gloo, CPU), each with ``MixteraClient.local(db)`` and a ``strategy="ddp"``
+    Trainer, started by ``torchrun --nproc-per-node 2`` or by Lightning itself (``python
+    train.py``: the Trainer starts rank 1); then the run resumes from its step-40 checkpoint."""
+    script = tmp_path / "train.py"
+    script.write_text(LIGHTNING_DDP_SCRIPT)
+    res = shift.two_ranks(
+        script, hetero_db, tmp_path, small_bpe, f"l-shift-ddp-{launcher}", launcher=launcher
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    shift.assert_ddp_feedback_combined_and_applied(Job.load(str(tmp_path / "trained-job")), ranks)
+    shift.assert_resumed(ranks, RESUME_AT)

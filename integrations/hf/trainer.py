@@ -17,13 +17,25 @@ already shifted: a causal LM would shift them again), computes the per-token cro
 entropy itself and hands it with the batch's ``key_ids`` to the
 :class:`MixteraTrainerCallback`, which sends per-domain loss sums and token counts once
 per optimizer step (:class:`~mixtera_core.feedback.FeedbackReporter`: summed over all
-ranks, sent by rank 0). A job with a static mixture gets no feedback.
+ranks, sent by rank 0, with the highest ``chunk_index`` trained on over all ranks as the
+position; the sums live on the CPU, so on GPUs, whose default process group is NCCL-only,
+they are reduced over a gloo group). A ``ScheduleMixture`` without ``samples_per_step`` switches on the training step:
+the callback reports the step (with that position) once per optimizer step instead, without
+which the streams would wait at the mixture log's seal. Other static mixtures get nothing.
+
+**Several processes, one local catalog.** Under ``torchrun`` (or ``accelerate launch``),
+``MixteraClient.local(db)`` created on every rank works as is: only global rank 0 opens the
+catalog and builds and owns the job; ``client.execute`` on the other ranks waits for rank 0's
+job directory and follows its mixture log, so they never take DuckDB's lock. Execute the
+job on every rank (same query, mixture and options) and register datasets on rank 0 only
+(or before the run).
 
 **Checkpoints.** On every save the callback writes ``mixtera_state.json`` into the
 trainer's checkpoint directory: the stream position of every rank after the last batch
-trained on and, with a dynamic mixture and a local client, the job's mixture log and
-algorithm state. ``trainer.train(resume_from_checkpoint=...)`` (a path or ``True``) reads
-it back, so the data continues exactly after the checkpoint; the Trainer's own
+trained on and, with a dynamic mixture, the job's mixture log and algorithm state (taken on
+rank 0). ``trainer.train(resume_from_checkpoint=...)`` (a path or ``True``) reads it back
+(rank 0 restores the mixture state, the other ranks wait for it and follow the restored
+log), so the data continues exactly after the checkpoint; the Trainer's own
 "skip the first batches" replay is switched off (``args.ignore_data_skip = True``).
 
 With the plain ``transformers.Trainer`` the dataset works too (set
@@ -50,6 +62,8 @@ from mixtera_core.errors import MixteraError
 from mixtera_core.feedback import FeedbackReporter
 from mixtera_core.mixture import DynamicMixture
 from mixtera_core.torch import IGNORE_INDEX, STATE_KEY, WORKER_KEY, MixteraDataLoader, MixteraDataset
+
+from .._distributed import StepReporter, feedback_group, global_rank, restore_job
 
 __all__ = ["MixteraDataCollator", "MixteraTrainer", "MixteraTrainerCallback", "mixtera_dataset"]
 
@@ -95,13 +109,16 @@ class MixteraTrainerCallback(TrainerCallback):
 
     Bound to a :class:`MixteraTrainer` (which creates one unless ``callbacks`` holds one);
     ``client`` defaults to the trainer's ``mixtera_client``; ``every`` accumulates that
-    many optimizer steps into one feedback message.
+    many optimizer steps into one feedback message. A schedule switched by the step gets the
+    step reported once per optimizer step instead. Every rank runs it: the sums and the
+    position are all-reduced, rank 0 sends.
     """
 
     def __init__(self, client: Any = None, *, every: int = 1) -> None:
         self.client, self.every = client, every
         self.trainer: MixteraTrainer | None = None
         self.reporter: FeedbackReporter | None = None
+        self.step_reporter: StepReporter | None = None
         self.sent = 0
         self._losses: list[torch.Tensor] = []
         self._keys: list[torch.Tensor] = []
@@ -112,15 +129,25 @@ class MixteraTrainerCallback(TrainerCallback):
         if self.client is None:
             self.client = trainer.mixtera_client
         job = trainer.mixtera_job
-        if isinstance(job.mixture, DynamicMixture):
-            if self.client is None:
-                raise MixteraError(
-                    f"job {job.spec.job_id!r} has a dynamic mixture: pass mixtera_client= to MixteraTrainer "
-                    f"(or client= to MixteraTrainerCallback) so that feedback can be sent"
-                )
-            self.reporter = FeedbackReporter(
-                self.client, job.spec.job_id, len(job.key_names), every=self.every
+        if not job.spec.dynamic:
+            return
+        if self.client is None:
+            kind, what = (
+                ("a dynamic mixture", "feedback")
+                if isinstance(job.mixture, DynamicMixture)
+                else ("a schedule switched by the training step", "the step")
             )
+            raise MixteraError(
+                f"job {job.spec.job_id!r} has {kind}: pass mixtera_client= to MixteraTrainer "
+                f"(or client= to MixteraTrainerCallback) so that {what} can be sent"
+            )
+        group = feedback_group()  # collective: bind() runs on every rank, in MixteraTrainer.__init__
+        if isinstance(job.mixture, DynamicMixture):
+            self.reporter = FeedbackReporter(
+                self.client, job.spec.job_id, len(job.key_names), every=self.every, group=group
+            )
+        else:  # a schedule switched by the step
+            self.step_reporter = StepReporter(self.client, job.spec.job_id, group)
 
     def record(
         self, token_loss: torch.Tensor, key_ids: torch.Tensor, chunk_index: torch.Tensor | None = None
@@ -129,10 +156,14 @@ class MixteraTrainerCallback(TrainerCallback):
         if self.reporter is not None:
             self._losses.append(token_loss.detach().reshape(-1))
             self._keys.append(key_ids.reshape(-1))
-            if chunk_index is not None:
-                self._chunks.append(chunk_index.reshape(-1))
+        if (self.reporter is not None or self.step_reporter is not None) and chunk_index is not None:
+            self._chunks.append(chunk_index.reshape(-1))
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.step_reporter is not None:
+            chunks = torch.cat(self._chunks) if self._chunks else None
+            self._chunks = []
+            self.step_reporter.step(state.global_step, chunks)
         if self.reporter is None or not self._losses:
             return
         losses, keys = torch.cat(self._losses), torch.cat(self._keys)
@@ -206,7 +237,7 @@ class MixteraTrainer(Trainer):
         if (dp_group, node) != (ds.dp_group, ds.node):
             ds = MixteraDataset(
                 ds.job, dp_group, node, output=ds.output, decode=ds.decode, prefetch=ds.prefetch,
-                drop_last=ds.drop_last,
+                drop_last=ds.drop_last, mixture_timeout=ds.mixture_timeout,
             )  # fmt: skip
         workers = ds.job.spec.num_workers
         self.mixtera_loader = MixteraDataLoader(
@@ -252,7 +283,9 @@ class MixteraTrainer(Trainer):
     def mixtera_state_dict(self) -> dict[str, Any]:
         """``{"job_id", "streams": {"<dp_group>/<node>": loader state}, "job": client checkpoint or None}``.
 
-        Collective under torch.distributed: every rank's stream state is gathered.
+        Collective under torch.distributed: every rank's stream state is gathered; ``job`` (the
+        mixture log and algorithm state of a dynamic mixture) is taken on rank 0, which owns the
+        log and writes the file.
         """
         import torch.distributed as dist
 
@@ -263,7 +296,7 @@ class MixteraTrainer(Trainer):
             dist.all_gather_object(states, local)
         job = self.mixtera_job
         job_state = None
-        if self.mixtera_client is not None and isinstance(job.mixture, DynamicMixture):
+        if self.mixtera_client is not None and isinstance(job.mixture, DynamicMixture) and global_rank() == 0:
             job_state = self.mixtera_client.checkpoint(job.spec.job_id)
         return {
             "job_id": job.spec.job_id,
@@ -272,14 +305,20 @@ class MixteraTrainer(Trainer):
         }
 
     def mixtera_load_state_dict(self, state: dict[str, Any]) -> None:
-        """Make the next ``get_train_dataloader`` continue from ``state`` (see :meth:`mixtera_state_dict`)."""
+        """Make the next ``get_train_dataloader`` continue from ``state`` (see :meth:`mixtera_state_dict`).
+
+        Collective under torch.distributed when ``state`` holds a mixture state: rank 0 restores
+        it and the other ranks then follow the restored log
+        (:func:`~mixtera_integrations._distributed.restore_job`).
+        """
         job = self.mixtera_job
         if state.get("job_id") != job.spec.job_id:
             raise MixteraError(
                 f"{STATE_FILE} is for job {state.get('job_id')!r}, this trainer streams {job.spec.job_id!r}"
             )
         if state.get("job") is not None and self.mixtera_client is not None:
-            self.mixtera_client.restore(job.spec.job_id, state["job"])
+            job = self.mixtera_job = restore_job(self.mixtera_client, job, state["job"])
+            self.train_dataset.job = job  # type: ignore[union-attr]  # (ranks > 0: a fresh copy) stream it
         dp_group, node = self._mixtera_topology()
         self._mixtera_to_load = state.get("streams", {}).get(f"{dp_group}/{node}")
         self._mixtera_consumed = None

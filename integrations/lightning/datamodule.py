@@ -2,15 +2,23 @@
 
 **Data.** :class:`MixteraDataModule` streams one Mixtera job to every rank of a Lightning
 run. Give it a client and either a query (plus mixture and job options: the job is built
-in ``prepare_data`` on local rank 0 and attached to by every rank in ``setup``) or the id
-of an existing job; or give it a :class:`~mixtera_core.job.Job` directly. Each rank gets
-the data of its data-parallel group: ``dp_group = trainer.global_rank`` and ``node = 0``,
-so for pure DDP the job must be executed with ``dp_groups = trainer.world_size`` (pass
-``dp_group``/``node`` explicitly with tensor or pipeline parallelism). Batches are dicts
-of ``input_ids``, ``labels`` (already shifted by one: do not let the model shift again)
-and ``key_ids`` (the mixture key of every label token), each ``LongTensor[batch, seq_len]``,
-and ``chunk_index`` (``LongTensor[batch]``, which the feedback callback sends as the step's
+in ``prepare_data`` by the process that owns the catalog and attached to by every rank in
+``setup``) or the id of an existing job; or give it a :class:`~mixtera_core.job.Job`
+directly. Each rank gets the data of its data-parallel group: ``dp_group =
+trainer.global_rank`` and ``node = 0``, so for pure DDP the job must be executed with
+``dp_groups = trainer.world_size`` (pass ``dp_group``/``node`` explicitly with tensor or
+pipeline parallelism). Batches are dicts of ``input_ids``, ``labels`` (already shifted by
+one: do not let the model shift again) and ``key_ids`` (the mixture key of every label
+token), each ``LongTensor[batch, seq_len]``, and ``chunk_index`` (``LongTensor[batch]``, which the feedback callback sends as the step's
 position). The DataLoader has exactly ``job.spec.num_workers`` workers.
+
+**Several processes, one local catalog.** ``MixteraClient.local(db)`` created on every rank
+(``torchrun``, or Lightning's own ``strategy="ddp"`` launcher, which sets ``LOCAL_RANK`` in
+the processes it starts) works as is: only global rank 0 opens the catalog and builds and
+owns the job; ``execute`` on the other ranks waits for rank 0's job directory and follows its
+mixture log, so they never take DuckDB's lock. Register datasets on rank 0 only (or before
+the run). The feedback is summed over all ranks and sent by rank 0; a checkpoint's mixture
+state is restored by rank 0 and followed by the others.
 
 **Exact resume.** Lightning fetches one batch ahead of the training step, so the
 loader's own position at checkpoint time is one batch too far. The module therefore
@@ -19,12 +27,17 @@ attaches the loader state to every batch and keeps, in ``on_before_batch_transfe
 actually trained on. :meth:`MixteraDataModule.state_dict` (gathered from all ranks, since
 only rank 0 writes the checkpoint) goes into every Lightning checkpoint and
 ``Trainer.fit(model, datamodule=dm, ckpt_path=...)`` continues the stream exactly after
-the last trained batch. With a dynamic mixture and a local client, the job's mixture log
-and algorithm state (``client.checkpoint``) are stored too and restored on load.
+the last trained batch. With a dynamic mixture, the job's mixture log and algorithm state
+(``client.checkpoint``, taken on rank 0) are stored too and restored on load (by rank 0; the
+other ranks wait for it and follow the restored log).
 
 **Feedback.** :class:`MixteraFeedbackCallback` turns per-token losses into per-domain
 feedback at the end of every training batch (:class:`~mixtera_core.feedback.FeedbackReporter`:
-summed over all ranks, sent by rank 0 only). The LightningModule exposes the per-token
+summed over all ranks, sent by rank 0 only, with the highest ``chunk_index`` trained on over
+all ranks as the position; the sums live on the CPU, so on GPUs, whose default process group
+is NCCL-only, they are reduced over a gloo group). A ``ScheduleMixture`` without ``samples_per_step`` switches on the
+training step: the callback reports the step (with that position) instead, without which the
+streams would wait at the mixture log's seal. The LightningModule exposes the per-token
 losses (same shape as ``batch["labels"]``, padding ``-100`` labels may hold any value:
 their key id is ``-1``) in one of two ways::
 
@@ -55,6 +68,8 @@ from mixtera_core.feedback import FeedbackReporter
 from mixtera_core.job import Job
 from mixtera_core.mixture import DynamicMixture
 from mixtera_core.torch import MixteraDataLoader, MixteraDataset
+
+from .._distributed import StepReporter, feedback_group, global_rank, restore_job
 
 __all__ = ["MixteraDataModule", "MixteraFeedbackCallback"]
 
@@ -148,15 +163,21 @@ class MixteraDataModule(L.LightningDataModule):
         return job_id
 
     def prepare_data(self) -> None:
-        """Local rank 0 builds the job (once; executing the same spec again attaches to it)."""
-        if self.job is None and self.query is not None:
+        """The catalog's owner builds the job (once; executing the same spec again attaches to it).
+
+        Lightning calls this on local rank 0 of every node. A rank-aware local client owns the
+        catalog on global rank 0 only (``client.owner``); the other nodes' local rank 0 leave the
+        job to it and attach in :meth:`setup`, like every rank (a server builds a job once anyway).
+        """
+        if self.job is None and self.query is not None and getattr(self.client, "owner", True):
             self.job_id = self._execute()
 
     def setup(self, stage: str | None = None) -> None:
         if self.job is not None:
             return
         if self.query is not None:
-            self.job_id = self._execute()  # the job exists by now: this attaches
+            # rank 0: the job exists by now, this attaches; other ranks wait for rank 0's job
+            self.job_id = self._execute()
         assert self.job_id is not None
         self.job = self.client.job(self.job_id)
 
@@ -214,7 +235,8 @@ class MixteraDataModule(L.LightningDataModule):
         """``{"job_id", "streams": {"<dp_group>/<node>": loader state}, "job": client checkpoint or None}``.
 
         Collective under torch.distributed (every rank's stream state is gathered), as
-        Lightning calls it on every rank and rank 0 writes the checkpoint.
+        Lightning calls it on every rank and rank 0 writes the checkpoint; ``job`` (the mixture
+        log and algorithm state of a dynamic mixture) is taken on rank 0, which owns the log.
         """
         import torch.distributed as dist
 
@@ -230,12 +252,18 @@ class MixteraDataModule(L.LightningDataModule):
             and self.job is not None
             and isinstance(self.job.mixture, DynamicMixture)
             and hasattr(self.client, "checkpoint")
+            and global_rank() == 0
         ):
             job_state = self.client.checkpoint(self.job.spec.job_id)
         return {"job_id": self.job_id, "streams": streams, "job": job_state}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore this rank's stream position (and the job's mixture state) from :meth:`state_dict`."""
+        """Restore this rank's stream position (and the job's mixture state) from :meth:`state_dict`.
+
+        Collective under torch.distributed when the checkpoint holds a mixture state: rank 0
+        restores it (``client.restore`` runs where the log is owned) and the other ranks then
+        follow the restored log (:func:`~mixtera_integrations._distributed.restore_job`).
+        """
         if self.job is None:
             self.setup("fit")
         assert self.job is not None
@@ -245,7 +273,7 @@ class MixteraDataModule(L.LightningDataModule):
                 f"this data module streams {self.job.spec.job_id!r}"
             )
         if state_dict.get("job") is not None and self.client is not None:
-            self.client.restore(self.job.spec.job_id, state_dict["job"])
+            self.job = restore_job(self.client, self.job, state_dict["job"])
         dp_group, node = self._topology()
         if dp_group is None:
             dp_group = _world()[0] if self.job.spec.dp_groups > 1 else 0
@@ -264,7 +292,10 @@ class MixteraFeedbackCallback(L.Callback):
     ``"token_loss"``) or else from the attribute ``attribute`` of the LightningModule
     (default ``mixtera_token_loss``); key ids from ``batch["key_ids"]``. The client and job
     are the :class:`MixteraDataModule`'s unless given. ``every`` accumulates that many
-    batches per message. Jobs with a static mixture get no feedback (the callback is a no-op).
+    batches per message. A ``ScheduleMixture`` without ``samples_per_step`` gets the step
+    reported after every batch (no losses needed); other static mixtures get nothing (the
+    callback is a no-op). Every rank must run the callback: the sums and the position are
+    all-reduced, rank 0 sends.
     """
 
     def __init__(
@@ -279,6 +310,7 @@ class MixteraFeedbackCallback(L.Callback):
         self.client, self.job_id = client, job_id
         self.every, self.output_key, self.attribute = every, output_key, attribute
         self.reporter: FeedbackReporter | None = None
+        self.step_reporter: StepReporter | None = None
         self.sent = 0
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -295,11 +327,18 @@ class MixteraFeedbackCallback(L.Callback):
             job = client.job(job_id)
         self.client, self.job_id = client, job_id
         if isinstance(job.mixture, DynamicMixture):
-            self.reporter = FeedbackReporter(client, job_id, len(job.key_names), every=self.every)
+            self.reporter = FeedbackReporter(
+                client, job_id, len(job.key_names), every=self.every, group=feedback_group()
+            )
+        elif job.spec.dynamic:  # a schedule switched by the step
+            self.step_reporter = StepReporter(client, job_id, feedback_group())
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        position = batch.get("chunk_index") if isinstance(batch, Mapping) else None
+        if self.step_reporter is not None:
+            self.step_reporter.step(trainer.global_step, position)
         if self.reporter is None:
             return
         token_loss = outputs.get(self.output_key) if isinstance(outputs, Mapping) else None
@@ -311,6 +350,5 @@ class MixteraFeedbackCallback(L.Callback):
                 f"{self.output_key!r}: token_loss}} from training_step, or set self.{self.attribute} = "
                 f"token_loss (same shape as batch['labels'], reduction='none')"
             )
-        position = batch.get("chunk_index") if isinstance(batch, Mapping) else None
         if self.reporter.step(trainer.global_step, token_loss, batch["key_ids"], position) is not None:
             self.sent += 1
