@@ -255,9 +255,9 @@ def test_feedback_over_the_wire(rc, local):
     start = time.perf_counter()
     rc.feedback(job, step=1, losses=[1.0, 30.0, 1.0], counts=[10, 10, 10], position=0)
     assert time.perf_counter() - start < 1.0  # acknowledged, applied in the background
-    rc.report_step(job, 2, position=1000)  # no more feedback: the mixture is decided far ahead
     ck = rc.checkpoint(job)  # reads its own writes: waits for the acknowledged feedback
     assert len(ck["log"]) == 2 and ck["changes"][-1]["step"] == 1 and ck["algorithm"]["updates"] == 1
+    rc.report_step(job, 2, position=1000)  # no more feedback: the mixture is decided far ahead
     later = collections.Counter(k for k, _ in take(s, 1000)[-500:])
     assert later["language=c"] > 350
     # applied in the order sent: the algorithm ends where the same sequence leaves it locally
@@ -298,7 +298,7 @@ def test_feedback_with_positions_gives_the_same_stream_remote_and_local(rc, loca
                     break
             losses = [1.0 + step, 20.0 - 2 * step, 3.0]
             client.feedback(job, step, losses, [10, 10, 10], position=position)
-        client.report_step(job, 9, position=10_000)  # no more feedback: decide the rest
+        client.report_step(job, 9, position=16)  # no more feedback: decide the next chunks
         items += take(stream, 200)
         runs.append(items)
         changes.append(client.checkpoint(job)["changes"])

@@ -207,7 +207,8 @@ def test_dynamic_mixture_feedback_changes_the_log(mclient):
     later = collections.Counter(k for k, _ in take(s, 1000)[-500:])
     assert later["language=c"] > 350
     ck = mclient.checkpoint(job)
-    assert ck["algorithm"]["updates"] == 1 and len(ck["log"]) == 2
+    # the checkpoint keeps only the mixture a stream can still need: here the latest weights
+    assert ck["algorithm"]["updates"] == 1 and ck["log"][-1][1] == j.log.last[1].tolist()
 
 
 def test_checkpoint_restore_in_a_new_catalog_handle(mclient, tmp_path):
