@@ -141,7 +141,9 @@ class DirectoryFollower:
 
     def refresh(self, job: Any) -> None:
         generation, sealed = read_seal(self.directory)
-        if generation is not None and generation != self._generation:
+        if generation is None:
+            generation = 0  # a job directory written before seals existed
+        if generation != self._generation:
             self._reload(job)
             generation, sealed = read_seal(self.directory)
         try:

@@ -447,3 +447,28 @@ def test_a_follower_takes_a_restore_that_moves_the_mixture_back(local, ref_w2):
     follower.follower.refresh(follower)
     assert follower.log.sealed == owner.log.sealed == 7
     assert follower.log.to_json() == owner.log.to_json()
+
+
+def test_a_follower_reads_a_job_directory_written_before_seals(local, ref_w2):
+    """Job directories of earlier versions have no seal file and no generations in log.jsonl."""
+    from mixtera_core.job import Job
+    from mixtera_core.mixture_log import DirectoryFollower
+
+    job = execute(local, "legacy", 1, 1)
+    owner = local.job(job)
+    for step in range(1, 4):
+        local.feedback(job, step, [1.0, 1.0, 3.0], [1.0, 1.0, 1.0], position=step - 1)
+    home = Path(owner.home)
+    lines = [json.loads(x) for x in (home / "log.jsonl").read_text().splitlines()]
+    (home / "log.jsonl").write_text(
+        "".join(json.dumps({k: v for k, v in c.items() if k != "generation"}) + "\n" for c in lines)
+    )
+    (home / "seal").unlink()
+    meta = json.loads((home / "job.json").read_text())
+    del meta["generation"]
+    (home / "job.json").write_text(json.dumps(meta))
+    copy = Job.load(str(home), owner=True)
+    assert copy.log.to_json() == owner.log.to_json()
+    copy.follower = DirectoryFollower(str(home))
+    copy.follower.refresh(copy)
+    assert copy.log.to_json() == owner.log.to_json() and len(lines) > 0
