@@ -24,6 +24,7 @@ import bisect
 import contextlib
 import json
 import os
+import threading
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -116,6 +117,19 @@ class WeightsLog:
         return k
 
 
+class ProcessLocalLock:
+    """A lock that a forked child does not inherit in the state the parent's threads left it in."""
+
+    def __init__(self) -> None:
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+
+    def get(self) -> threading.Lock:
+        if self._pid != os.getpid():
+            self._pid, self._lock = os.getpid(), threading.Lock()
+        return self._lock
+
+
 class LogFollower(Protocol):
     """Brings a job's log up to date with its owner (a job directory, a server)."""
 
@@ -138,8 +152,20 @@ class DirectoryFollower:
         self.directory = directory
         self._generation: int | None = None
         self._offset = 0
+        self._lock = ProcessLocalLock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_lock": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = ProcessLocalLock()
 
     def refresh(self, job: Any) -> None:
+        with self._lock.get():  # several streams of one process may refresh the same job
+            self._refresh(job)
+
+    def _refresh(self, job: Any) -> None:
         generation, sealed = read_seal(self.directory)
         if generation is None:
             generation = 0  # a job directory written before seals existed

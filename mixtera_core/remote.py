@@ -44,7 +44,7 @@ from .client import Location, MixteraClient
 from .errors import MixteraError
 from .job import Job, make_spec
 from .mixture import Mixture, as_mixture
-from .mixture_log import DEFAULT_MIXTURE_TIMEOUT, MixtureUnknownError
+from .mixture_log import DEFAULT_MIXTURE_TIMEOUT, MixtureUnknownError, ProcessLocalLock
 from .plugins import PluginManager, get_plugin_manager
 from .query import Query
 from .report import ComponentInfo, Explanation, JobReport
@@ -320,6 +320,7 @@ class RemoteFollower:
         self._caller: _Caller | None = None
         self._channel: grpc.Channel | None = None
         self._generation: int | None = None
+        self._lock = ProcessLocalLock()
 
     def __getstate__(self) -> dict[str, Any]:
         return {"connection": self.connection, "job_id": self.job_id}
@@ -334,6 +335,10 @@ class RemoteFollower:
         return self._caller
 
     def refresh(self, job: Job) -> None:
+        with self._lock.get():  # several streams of one process may refresh the same job
+            self._refresh(job)
+
+    def _refresh(self, job: Job) -> None:
         while True:
             # the last entry may have been replaced since; a new generation (the job was restored
             # or compacted on the server) replaces everything, seal included
