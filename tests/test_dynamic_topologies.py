@@ -359,12 +359,13 @@ def server(corpus, tmp_path_factory):
         stderr=subprocess.DEVNULL,
         text=True,
     )
-    line = proc.stdout.readline()
-    assert "listening on" in line, (line, proc.poll())
-    port = int(line.rsplit(":", 1)[1])
-    yield port
-    proc.terminate()
-    proc.wait(timeout=30)
+    try:
+        line = proc.stdout.readline()
+        assert "listening on" in line, (line, proc.poll())
+        yield int(line.rsplit(":", 1)[1])
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def test_remote_streams_and_a_remote_torch_dataset_follow_the_server(server, ref_w2):
