@@ -202,12 +202,16 @@ def record_text(record: Any, text_field: str | FieldRef, where: str | tuple[str,
     return value
 
 
-def _specials(job: Job, tok: Tokenizer) -> tuple[list[int], list[int]]:
+def document_specials(tok: Tokenizer, add_bos: bool, add_eos: bool) -> tuple[list[int], list[int]]:
     """BOS/EOS ids to put around each document. GPT-2-style tokenizers use one token for both:
     then a document boundary gets it once, not twice."""
-    eos = [tok.eos_id] if job.spec.add_eos and tok.eos_id is not None else []
-    bos = [tok.bos_id] if job.spec.add_bos and tok.bos_id is not None and [tok.bos_id] != eos else []
+    eos = [tok.eos_id] if add_eos and tok.eos_id is not None else []
+    bos = [tok.bos_id] if add_bos and tok.bos_id is not None and [tok.bos_id] != eos else []
     return bos, eos
+
+
+def _specials(job: Job, tok: Tokenizer) -> tuple[list[int], list[int]]:
+    return document_specials(tok, job.spec.add_bos, job.spec.add_eos)
 
 
 def calibrate_tokens(job: Job, plugins: PluginManager | None = None) -> np.ndarray:
