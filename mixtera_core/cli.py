@@ -75,6 +75,57 @@ def cmd_register(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tokenizer_arg(value: str) -> tuple[str, str]:
+    name, sep, source = value.partition(":")
+    if not sep or not name or not source:
+        raise SystemExit("mixtera: --tokenizer wants PLUGIN:SOURCE, e.g. 'hf:tokenizer.json'")
+    return name, source
+
+
+def _tokenize_progress() -> Any:
+    """A progress bar on stderr over the samples, with files done / total."""
+    from tqdm import tqdm
+
+    state: dict[str, Any] = {}
+
+    def update(p: Any) -> None:
+        bar = state.get("bar")
+        if bar is None:
+            bar = state["bar"] = tqdm(
+                total=p.samples_total, unit="doc", desc="tokenize", file=sys.stderr, unit_scale=True
+            )
+        bar.set_postfix_str(f"{p.files_done}/{p.files_total} files, {p.tokens:,} tokens", refresh=False)
+        bar.update(p.samples_done - bar.n)
+        if p.files_done == p.files_total:
+            bar.close()
+
+    return update
+
+
+def cmd_tokenize(args: argparse.Namespace) -> int:
+    options: dict[str, Any] = {}
+    if args.tokenizer_options:
+        try:
+            options = json.loads(args.tokenizer_options)
+        except json.JSONDecodeError as e:
+            raise SystemExit(f"mixtera: --tokenizer-options is not valid JSON: {e}") from None
+        if not isinstance(options, dict):
+            raise SystemExit("mixtera: --tokenizer-options must be a JSON object")
+    with _client(args) as client:
+        report = client.tokenize(
+            args.datasets,
+            _tokenizer_arg(args.tokenizer),
+            tokenizer_options=options,
+            add_bos=args.add_bos,
+            add_eos=not args.no_eos,
+            text_field=args.text_field,
+            workers=args.workers,
+            progress=None if args.quiet else _tokenize_progress(),
+        )
+    print(report)
+    return 0
+
+
 def cmd_datasets(args: argparse.Namespace) -> int:
     with _client(args) as client:
         datasets = client.list_datasets()
@@ -207,6 +258,23 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=int, help="parallel file scans (default: cores)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_register)
+
+    t = sub.add_parser(
+        "tokenize",
+        help="tokenize datasets once into the token index (DB_DIR/tokens); resumable",
+        description="Tokenize every sample of the datasets once (BOS/EOS as a token-mode job adds "
+        "them) and store the token ids beside the catalog; token-mode jobs with the same tokenizer "
+        "and settings read them instead of tokenizing. Rerun to resume after an interruption.",
+    )
+    t.add_argument("datasets", nargs="+", metavar="DATASET")
+    t.add_argument("--tokenizer", required=True, help="PLUGIN:SOURCE, e.g. 'hf:tokenizer.json'")
+    t.add_argument("--tokenizer-options", help='tokenizer options as JSON, e.g. \'{"eos_token": "</s>"}\'')
+    t.add_argument("--add-bos", action="store_true", help="put BOS before each document")
+    t.add_argument("--no-eos", action="store_true", help="no EOS after each document")
+    t.add_argument("--text-field", default="text", help="field holding the text (dotted path; default text)")
+    t.add_argument("--workers", type=int, help="files tokenized at once (default: cores)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_tokenize)
 
     d = sub.add_parser("datasets", help="list registered datasets")
     d.add_argument("--json", action="store_true")

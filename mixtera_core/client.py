@@ -33,7 +33,9 @@ from .runtime import JobRuntime
 from .streaming import JobStream, calibrate_tokens
 
 if TYPE_CHECKING:
+    from .job import TokenizerSpec
     from .remote import RemoteMixteraClient
+    from .token_index import TokenizeCallback, TokenizeReport
 
 Location = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 
@@ -127,6 +129,31 @@ class MixteraClient(ABC):
     @abstractmethod
     def properties(self) -> dict[str, dict[Any, int]]:
         """property -> value -> number of samples with that value."""
+
+    @abstractmethod
+    def tokenize(
+        self,
+        datasets: str | Sequence[str],
+        tokenizer: tuple[str, str] | TokenizerSpec,
+        *,
+        tokenizer_options: dict[str, Any] | None = None,
+        add_bos: bool = False,
+        add_eos: bool = True,
+        text_field: str = "text",
+        workers: int | None = None,
+        progress: TokenizeCallback | None = None,
+    ) -> TokenizeReport:
+        """Tokenize every sample of ``datasets`` once into the token index beside the catalog
+        (``DB_DIR/tokens/<fingerprint>``, see :mod:`mixtera_core.token_index`): what a token-mode
+        stream with the same tokenizer, ``add_bos``/``add_eos`` and ``text_field`` would produce.
+
+        ``tokenizer``: ``(plugin, source)`` as for :meth:`execute` (the source as the catalog's
+        host sees it). Files are tokenized in parallel by ``workers`` threads (default: cores);
+        ``progress`` gets a :class:`~mixtera_core.token_index.TokenizeProgress` after every batch
+        and file. Resumable: a rerun skips the files done already. Refuses data files changed
+        since registration (:class:`~mixtera_core.errors.TokenIndexStaleError`) and an index
+        directory whose manifest does not match (:class:`~mixtera_core.errors.TokenIndexManifestError`).
+        """
 
     @abstractmethod
     def explain(
@@ -344,6 +371,41 @@ class LocalMixteraClient(MixteraClient):
 
     def properties(self) -> dict[str, dict[Any, int]]:
         return self.catalog.properties()
+
+    def tokenize(
+        self,
+        datasets: str | Sequence[str],
+        tokenizer: tuple[str, str] | TokenizerSpec,
+        *,
+        tokenizer_options: dict[str, Any] | None = None,
+        add_bos: bool = False,
+        add_eos: bool = True,
+        text_field: str = "text",
+        workers: int | None = None,
+        progress: TokenizeCallback | None = None,
+    ) -> TokenizeReport:
+        from .job import TokenizerSpec
+        from .token_index import tokenize
+
+        self._owner_only("tokenize()")
+        if isinstance(tokenizer, TokenizerSpec):
+            spec = tokenizer
+            if tokenizer_options:
+                spec = TokenizerSpec(spec.name, spec.source, {**spec.options, **tokenizer_options})
+        else:
+            name, source = tokenizer
+            spec = TokenizerSpec(str(name), str(source), dict(tokenizer_options or {}))
+        return tokenize(
+            self.catalog,
+            datasets,
+            spec,
+            add_bos=add_bos,
+            add_eos=add_eos,
+            text_field=text_field,
+            workers=workers,
+            progress=progress,
+            plugins=self.plugins,
+        )
 
     def chunker_index(self, query: Query, properties: Sequence[str] | None = None) -> ChunkerIndex:
         return build_chunker_index(self.catalog, query, properties)

@@ -92,3 +92,18 @@ class MissingFieldError(MixteraError, KeyError):
 
 class QueryError(MixteraError, ValueError):
     """A query names an unknown property, an unknown operator or a value of the wrong type."""
+
+
+class TokenIndexError(MixteraError):
+    """The token index (``DB_DIR/tokens``) cannot be built or used as asked."""
+
+
+class TokenIndexStaleError(TokenIndexError):
+    """A data file changed (size or modification time) since it was registered or tokenized.
+
+    The message names the file and says to re-register its dataset and tokenize again."""
+
+
+class TokenIndexManifestError(TokenIndexError):
+    """A token index directory's ``manifest.json`` is corrupt or disagrees with the settings
+    asked for (tokenizer, BOS/EOS, text field)."""

@@ -42,7 +42,7 @@ from .catalog import DatasetInfo, ProgressCallback, RegistrationReport
 from .chunking import Chunk
 from .client import Location, MixteraClient
 from .errors import MixteraError
-from .job import Job, make_spec
+from .job import Job, TokenizerSpec, make_spec
 from .mixture import Mixture, as_mixture
 from .mixture_log import DEFAULT_MIXTURE_TIMEOUT, MixtureUnknownError, ProcessLocalLock
 from .plugins import PluginManager, get_plugin_manager
@@ -51,6 +51,7 @@ from .report import ComponentInfo, Explanation, JobReport
 from .server import mixtera_pb2 as pb
 from .server import mixtera_pb2_grpc as pb_grpc
 from .streaming import JobStream
+from .token_index import TokenizeCallback, TokenizeProgress, TokenizeReport
 
 ERROR_METADATA = "mixtera-error"  # trailing metadata: the class name of a Mixtera error
 CLIENT_MAX_MESSAGE = 1 << 30
@@ -498,6 +499,54 @@ class RemoteMixteraClient(MixteraClient):
     def properties(self) -> dict[str, dict[Any, int]]:
         reply = self._call.unary("Properties", pb.Empty())
         return {p: {v: n for v, n in pairs} for p, pairs in json.loads(reply.json).items()}
+
+    def tokenize(
+        self,
+        datasets: str | Sequence[str],
+        tokenizer: tuple[str, str] | TokenizerSpec,
+        *,
+        tokenizer_options: dict[str, Any] | None = None,
+        add_bos: bool = False,
+        add_eos: bool = True,
+        text_field: str = "text",
+        workers: int | None = None,
+        progress: TokenizeCallback | None = None,
+    ) -> TokenizeReport:
+        """Runs on the server (``Tokenize``): the tokenizer source is a path as the server sees
+        it (under its allowed roots) or an encoding name; the index goes to the server's DB_DIR."""
+        if isinstance(tokenizer, TokenizerSpec):
+            name, source, options = tokenizer.name, tokenizer.source, {**tokenizer.options}
+        else:
+            name, source, options = str(tokenizer[0]), os.fspath(tokenizer[1]), {}
+        options.update(tokenizer_options or {})
+        request = pb.TokenizeRequest(
+            datasets=[datasets] if isinstance(datasets, str) else list(datasets),
+            tokenizer=name,
+            tokenizer_source=str(source),
+            tokenizer_options_json=json.dumps(options),
+            add_bos=add_bos,
+            add_eos=add_eos,
+            text_field=text_field,
+            workers=workers or 0,
+        )
+        report_json = ""
+        for message in self._call.stream("Tokenize", request):
+            if message.report_json:
+                report_json = message.report_json
+            elif progress is not None:
+                progress(
+                    TokenizeProgress(
+                        message.path,
+                        int(message.files_done),
+                        int(message.files_total),
+                        int(message.samples_done),
+                        int(message.samples_total),
+                        int(message.tokens),
+                    )
+                )
+        if not report_json:
+            raise RemoteError("the server ended the tokenize call without a report")
+        return TokenizeReport(**json.loads(report_json))
 
     def explain(
         self,

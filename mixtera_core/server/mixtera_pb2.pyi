@@ -183,3 +183,41 @@ class RestoreRequest(_message.Message):
     job_id: str
     state_json: str
     def __init__(self, job_id: _Optional[str] = ..., state_json: _Optional[str] = ...) -> None: ...
+
+class TokenizeRequest(_message.Message):
+    __slots__ = ("datasets", "tokenizer", "tokenizer_source", "tokenizer_options_json", "add_bos", "add_eos", "text_field", "workers")
+    DATASETS_FIELD_NUMBER: _ClassVar[int]
+    TOKENIZER_FIELD_NUMBER: _ClassVar[int]
+    TOKENIZER_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    TOKENIZER_OPTIONS_JSON_FIELD_NUMBER: _ClassVar[int]
+    ADD_BOS_FIELD_NUMBER: _ClassVar[int]
+    ADD_EOS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    datasets: _containers.RepeatedScalarFieldContainer[str]
+    tokenizer: str
+    tokenizer_source: str
+    tokenizer_options_json: str
+    add_bos: bool
+    add_eos: bool
+    text_field: str
+    workers: int
+    def __init__(self, datasets: _Optional[_Iterable[str]] = ..., tokenizer: _Optional[str] = ..., tokenizer_source: _Optional[str] = ..., tokenizer_options_json: _Optional[str] = ..., add_bos: _Optional[bool] = ..., add_eos: _Optional[bool] = ..., text_field: _Optional[str] = ..., workers: _Optional[int] = ...) -> None: ...
+
+class TokenizeProgress(_message.Message):
+    __slots__ = ("files_done", "files_total", "samples_done", "samples_total", "tokens", "path", "report_json")
+    FILES_DONE_FIELD_NUMBER: _ClassVar[int]
+    FILES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_DONE_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    REPORT_JSON_FIELD_NUMBER: _ClassVar[int]
+    files_done: int
+    files_total: int
+    samples_done: int
+    samples_total: int
+    tokens: int
+    path: str
+    report_json: str
+    def __init__(self, files_done: _Optional[int] = ..., files_total: _Optional[int] = ..., samples_done: _Optional[int] = ..., samples_total: _Optional[int] = ..., tokens: _Optional[int] = ..., path: _Optional[str] = ..., report_json: _Optional[str] = ...) -> None: ...

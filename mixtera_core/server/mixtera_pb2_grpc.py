@@ -119,6 +119,11 @@ class MixteraStub:
                 request_serializer=mixtera__core_dot_server_dot_mixtera__pb2.JobRequest.SerializeToString,
                 response_deserializer=mixtera__core_dot_server_dot_mixtera__pb2.Json.FromString,
                 _registered_method=True)
+        self.Tokenize = channel.unary_stream(
+                '/mixtera.v1.Mixtera/Tokenize',
+                request_serializer=mixtera__core_dot_server_dot_mixtera__pb2.TokenizeRequest.SerializeToString,
+                response_deserializer=mixtera__core_dot_server_dot_mixtera__pb2.TokenizeProgress.FromString,
+                _registered_method=True)
 
 
 class MixteraServicer:
@@ -230,6 +235,12 @@ class MixteraServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Tokenize(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MixteraServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -317,6 +328,11 @@ def add_MixteraServicer_to_server(servicer, server):
                     servicer.Report,
                     request_deserializer=mixtera__core_dot_server_dot_mixtera__pb2.JobRequest.FromString,
                     response_serializer=mixtera__core_dot_server_dot_mixtera__pb2.Json.SerializeToString,
+            ),
+            'Tokenize': grpc.unary_stream_rpc_method_handler(
+                    servicer.Tokenize,
+                    request_deserializer=mixtera__core_dot_server_dot_mixtera__pb2.TokenizeRequest.FromString,
+                    response_serializer=mixtera__core_dot_server_dot_mixtera__pb2.TokenizeProgress.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -778,6 +794,33 @@ class Mixtera:
             '/mixtera.v1.Mixtera/Report',
             mixtera__core_dot_server_dot_mixtera__pb2.JobRequest.SerializeToString,
             mixtera__core_dot_server_dot_mixtera__pb2.Json.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Tokenize(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/mixtera.v1.Mixtera/Tokenize',
+            mixtera__core_dot_server_dot_mixtera__pb2.TokenizeRequest.SerializeToString,
+            mixtera__core_dot_server_dot_mixtera__pb2.TokenizeProgress.FromString,
             options,
             channel_credentials,
             insecure,

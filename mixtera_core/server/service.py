@@ -4,8 +4,9 @@ The engine is a :class:`~mixtera_core.client.LocalMixteraClient` on ``DB_DIR``; 
 maps onto one of its methods, and chunk descriptors come from its central planner
 (``engine.runtime(job_id).chunk(index, snapshot)``).
 
-**Off the request path.** Registration, job building (index, token calibration) and
-explain run in a small worker pool while the handler streams progress or waits; feedback
+**Off the request path.** Registration, tokenization (``Tokenize``: the token index in
+``DB_DIR/tokens``), job building (index, token calibration) and explain run in a small worker
+pool while the handler streams progress or waits; feedback
 and step reports are acknowledged at once and applied, in the order they arrived, by one
 single-threaded executor, so the mixing algorithm sees the same sequence every time. A
 mixture change takes effect at ``position + 1 + feedback_delay`` and seals the log up to there;
@@ -23,8 +24,8 @@ log and seal included) on first use and regenerates any chunk from the planner s
 client sends. Since no chunk past the seal was ever handed out, a mixture change after a
 restart never lands on a chunk a client may already have streamed.
 
-**Allowed roots.** Registration, ``ReadSamples`` and tokenizer files given by path only
-touch files whose real path (symlinks resolved) lies under an allowed root; anything else
+**Allowed roots.** Registration, ``ReadSamples``, ``Tokenize`` (the datasets' files) and
+tokenizer files given by path only touch files whose real path (symlinks resolved) lies under an allowed root; anything else
 is ``PERMISSION_DENIED``. Default (no ``--allowed-root``): the server's working directory
 plus the directories that hold the files of datasets registered when it starts.
 
@@ -51,6 +52,7 @@ import os
 import queue
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -70,13 +72,14 @@ from ..errors import (
     UnknownDatasetError,
     UnknownPluginError,
 )
-from ..job import JobError, JobSpec
+from ..job import JobError, JobSpec, TokenizerSpec
 from ..locations import resolve_files
 from ..mixture import DynamicMixture, Mixture
 from ..plugins import PluginManager
 from ..query import Query
 from ..remote import ERROR_METADATA, encode_record, explanation_to_json, pack_int64
 from ..runtime import ChunkUnavailableError
+from ..token_index import TokenizeProgress, catalog_files, tokenize
 from . import mixtera_pb2 as pb
 from . import mixtera_pb2_grpc as pb_grpc
 from .auth import TokenAuthInterceptor, server_credentials
@@ -89,6 +92,7 @@ MAX_CHUNK_SIZE = 1 << 24  # samples per chunk the server plans
 MAX_READ_SAMPLES = 1 << 20  # samples per ReadSamples request
 MAX_PEEK = 10_000
 MAX_LOG_ENTRIES = 100_000  # mixture log entries per GetMixture reply
+TOKENIZE_PROGRESS_INTERVAL = 0.2  # seconds between Tokenize progress messages (and every file done)
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 _GLOB_CHARS = set("*?[")
 _EXPLAIN_OPTIONS = {
@@ -421,6 +425,74 @@ class MixteraService(pb_grpc.MixteraServicer):
         report = future.result()
         yield pb.RegisterProgress(
             files_done=report.files, files_total=report.files, report_json=_dumps(asdict(report))
+        )
+
+    @_streaming
+    def Tokenize(self, request: pb.TokenizeRequest, context: grpc.ServicerContext) -> Iterator[Any]:
+        """Runs ``engine.tokenize`` in the work pool (holding the catalog lock, like a registration:
+        the files must not be re-registered under it) and streams its progress, at most every
+        ``TOKENIZE_PROGRESS_INTERVAL`` seconds plus every finished file; a client that goes away
+        stops the run (a later call resumes it)."""
+        datasets = list(dict.fromkeys(request.datasets))
+        if not datasets:
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "no dataset given; name the datasets to tokenize")
+        if not request.tokenizer or not request.tokenizer_source:
+            raise _Abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "tokenizer and tokenizer_source are required, e.g. 'hf' and the path of a tokenizer.json",
+            )
+        if not 0 <= request.workers <= 256:
+            raise _Abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"workers must be in [0, 256], got {request.workers}"
+            )
+        options = _json_object(request.tokenizer_options_json, "tokenizer_options (a JSON object)")
+        self._check_tokenizer_source(request.tokenizer_source)
+        for f in catalog_files(self.engine.catalog, datasets):  # UnknownDatasetError -> NOT_FOUND
+            self.roots.check(f.path)
+        spec = TokenizerSpec(request.tokenizer, request.tokenizer_source, options)
+        progress: queue.Queue[TokenizeProgress | None] = queue.Queue()
+        cancel = threading.Event()
+        context.add_callback(cancel.set)  # the call ended (client gone, or done)
+
+        def report(p: TokenizeProgress) -> None:
+            if cancel.is_set():
+                raise MixteraError("the client of this tokenize call went away; a new call resumes it")
+            progress.put(p)
+
+        def run() -> Any:
+            try:
+                with self._catalog_lock:
+                    return tokenize(
+                        self.engine.catalog,
+                        datasets,
+                        spec,
+                        add_bos=request.add_bos,
+                        add_eos=request.add_eos,
+                        text_field=request.text_field or "text",
+                        workers=request.workers or None,
+                        progress=report,
+                        plugins=self.engine.plugins,
+                        cancel=cancel,
+                    )
+            finally:
+                progress.put(None)
+
+        future = self._work.submit(run)
+        last = 0.0
+        files_done = -1
+        while (item := progress.get()) is not None:
+            now = time.monotonic()
+            if item.files_done != files_done or now - last >= TOKENIZE_PROGRESS_INTERVAL:
+                last, files_done = now, item.files_done
+                yield pb.TokenizeProgress(**asdict(item))
+        result = future.result()
+        yield pb.TokenizeProgress(
+            files_done=result.files,
+            files_total=result.files,
+            samples_done=result.samples,
+            samples_total=result.samples,
+            tokens=result.tokens,
+            report_json=_dumps(result.to_json()),
         )
 
     @_unary
