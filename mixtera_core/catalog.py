@@ -3,7 +3,7 @@
 Layout (in ``DB_DIR/catalog.duckdb``)::
 
     datasets(id, name, location, format, parser, parser_options, num_files, num_samples, num_skipped)
-    files(id, dataset_id, path, num_samples, num_skipped, size_bytes, read_index)
+    files(id, dataset_id, path, num_samples, num_skipped, size_bytes, read_index, sample_bytes)
     samples(dataset_id, file_id, sample_index, <one nullable column per property>)
     properties(name, type)                 -- the property columns of ``samples``
     dataset_properties(dataset_id, name)   -- which dataset uses which property
@@ -12,6 +12,12 @@ Layout (in ``DB_DIR/catalog.duckdb``)::
 A registration runs inside one transaction: a failure anywhere (a malformed line in the
 last file, a type clash) rolls back everything, so the catalog never holds half a
 dataset. The catalog version increases with every committed change; jobs record it.
+
+``files.sample_bytes`` holds every sample's size in bytes (see
+:class:`~mixtera_core.interfaces.FileScan`) as a zstd-compressed little-endian ``uint32``
+array indexed by ``sample_index`` (sizes clipped at 2**32 - 1; skipped samples 0), or NULL
+when the format did not tell (and for files registered before the column existed).
+:meth:`Catalog.sample_bytes` returns them.
 """
 
 from __future__ import annotations
@@ -26,7 +32,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
+import numpy as np
 import pyarrow as pa
+import zstandard
 
 from .errors import DatasetExistsError, InvalidPropertyError, MixteraError, UnknownDatasetError
 from .interfaces import ON_ERROR_CHOICES, DatasetFormat, FileScan, MetadataParser
@@ -112,6 +120,9 @@ class Catalog:
             c.execute("""CREATE TABLE IF NOT EXISTS files (
                 id BIGINT PRIMARY KEY, dataset_id INTEGER NOT NULL, path VARCHAR NOT NULL,
                 num_samples BIGINT, num_skipped BIGINT, size_bytes BIGINT, read_index BLOB)""")
+            # Added without a schema-version bump: catalogs created before it get the column
+            # (NULL, i.e. unknown, for the files they hold).
+            c.execute("ALTER TABLE files ADD COLUMN IF NOT EXISTS sample_bytes BLOB")
             c.execute("""CREATE TABLE IF NOT EXISTS samples (
                 dataset_id INTEGER NOT NULL, file_id BIGINT NOT NULL, sample_index BIGINT NOT NULL)""")
             c.execute(
@@ -183,6 +194,27 @@ class Catalog:
             raise MixteraError(f"file id {file_id} is not in the catalog (was its dataset removed?)")
         return row[0]
 
+    def sample_bytes(self, file_ids: Sequence[int]) -> dict[int, np.ndarray | None]:
+        """Per file id, each sample's size in bytes as an ``int64`` array indexed by
+        ``sample_index`` (0 for samples not in the catalog), or None when unknown.
+
+        One query for all ids; an id that is not in the catalog raises MixteraError.
+        """
+        ids = sorted({int(i) for i in file_ids})
+        if not ids:
+            return {}
+        with self._lock:
+            rows = self._con.execute(
+                "SELECT f.id, f.sample_bytes FROM files f "
+                "JOIN (SELECT unnest(?::BIGINT[]) AS id) q ON f.id = q.id",
+                [ids],
+            ).fetchall()
+        found = {int(i): blob for i, blob in rows}
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise MixteraError(f"file ids {missing[:10]} are not in the catalog (was their dataset removed?)")
+        return {i: None if found[i] is None else _decode_sizes(found[i]) for i in ids}
+
     def properties(self) -> dict[str, dict[Any, int]]:
         """property -> value -> number of samples having it (a list value counts once per element)."""
         out: dict[str, dict[Any, int]] = {}
@@ -243,9 +275,11 @@ class Catalog:
         workers = max(1, workers or min(len(paths), os.cpu_count() or 1))
         record_props = set(parser.record_schema())
 
-        def scan(path: str) -> FileScan:
-            result = fmt.scan(path, parser, on_error)
-            return _with_file_properties(result, path, parser, schema, record_props)
+        def scan(path: str) -> tuple[FileScan, bytes | None]:
+            result = _with_file_properties(
+                fmt.scan(path, parser, on_error), path, parser, schema, record_props
+            )
+            return result, _encode_sizes(result)  # compressed in the worker, off the insert path
 
         with self._transaction() as c, ThreadPoolExecutor(max_workers=workers) as pool:
             old = self._dataset_id(name)
@@ -264,10 +298,11 @@ class Catalog:
             )
             c.executemany("INSERT INTO dataset_properties VALUES (?, ?)", [[dataset_id, p] for p in schema])
             # map() keeps file order, so file ids are a function of the sorted paths alone.
-            for i, (path, result) in enumerate(zip(paths, pool.map(scan, paths), strict=True)):
+            for i, (path, (result, sizes)) in enumerate(zip(paths, pool.map(scan, paths), strict=True)):
                 file_id = next_file + i
                 c.execute(
-                    "INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO files (id, dataset_id, path, num_samples, num_skipped, size_bytes, "
+                    "read_index, sample_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     [
                         file_id,
                         dataset_id,
@@ -276,6 +311,7 @@ class Catalog:
                         result.skipped,
                         os.path.getsize(path),
                         result.read_index,
+                        sizes,
                     ],
                 )
                 n = result.num_samples
@@ -383,7 +419,33 @@ def _with_file_properties(
         value = file_level.get(prop)
         col = pa.nulls(n, ptype.arrow) if value is None else pa.repeat(pa.scalar(value, ptype.arrow), n)
         table = table.append_column(prop, col)
-    return FileScan(properties=table, skipped=scan.skipped, read_index=scan.read_index)
+    sizes = scan.sample_bytes
+    if sizes is not None:
+        sizes = np.asarray(sizes)
+        if sizes.shape != (n,) or (n and not np.issubdtype(sizes.dtype, np.integer)):
+            raise MixteraError(
+                f"format plugin returned sample_bytes of shape {sizes.shape} ({sizes.dtype}) for {n} samples "
+                f"of {path}; this is a bug in the format plugin"
+            )
+    return FileScan(properties=table, skipped=scan.skipped, read_index=scan.read_index, sample_bytes=sizes)
+
+
+_SIZE_MAX = 2**32 - 1
+
+
+def _encode_sizes(scan: FileScan) -> bytes | None:
+    """``scan.sample_bytes`` as the ``files.sample_bytes`` value: a zstd-compressed
+    little-endian uint32 array indexed by sample_index (absent samples 0), or None."""
+    if scan.sample_bytes is None:
+        return None
+    index = scan.properties.column("sample_index").to_numpy()
+    dense = np.zeros(int(index.max()) + 1 if len(index) else 0, dtype="<u4")
+    dense[index] = np.clip(scan.sample_bytes, 0, _SIZE_MAX)
+    return zstandard.ZstdCompressor(level=1).compress(dense.tobytes())
+
+
+def _decode_sizes(blob: bytes) -> np.ndarray:
+    return np.frombuffer(zstandard.ZstdDecompressor().decompress(blob), dtype="<u4").astype(np.int64)
 
 
 def query_arrow(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:

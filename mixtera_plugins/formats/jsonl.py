@@ -36,6 +36,16 @@ the slow path's coercion does), so such files stay on the native path.
   registered is refused instead of yielding the wrong samples).
 
 The index is a versioned :mod:`~mixtera_plugins.formats._common` container (kind ``jsonl``).
+
+**Sample sizes** (``FileScan.sample_bytes``) are the byte lengths of the samples' lines
+(without the ``\\n``), which numpy has found anyway: free. A line holds the text plus the JSON
+around it (keys, metadata, quotes, escapes; ``json.dumps`` writes each non-ASCII character
+as a 6-byte ``\\uXXXX``), so where there is a ``text`` field the size is an upper bound of its
+UTF-8 size, and close to it for text-dominated records. Measuring the ``text`` field itself
+(adding it to pyarrow's read schema and taking ``binary_length``) makes pyarrow materialise
+every text: that cost about 14% more CPU and 24% more wall time on
+``benchmarks/registration.py``, the line lengths nothing measurable. Estimates of tokens per
+byte must therefore be calibrated on these sizes.
 """
 
 from __future__ import annotations
@@ -436,6 +446,7 @@ class _Scan:
                 opts = pajson.ParseOptions(explicit_schema=read_schema, unexpected_field_behavior="ignore")
                 self.attempts.append((opts, schema))
         self.tables: list[pa.Table] = []
+        self.sizes: list[np.ndarray] = []  # the line lengths of each table's samples, row for row
         self.checkpoints: list[np.ndarray] = []
         self.skipped_lines: list[int] = []
         self.lines = 0  # lines seen so far (the number of the next line)
@@ -516,7 +527,13 @@ class _Scan:
             else:
                 self._slow(lines, lo, hi)
             return
-        self.tables.append(make_table(sample_pos + lines.first_line, cols, self.schema))
+        self._add(lines, make_table(sample_pos + lines.first_line, cols, self.schema))
+
+    def _add(self, lines: _Lines, table: pa.Table) -> None:
+        """Keep a table of samples of the block, and the lengths of their lines."""
+        self.tables.append(table)
+        rows = table.column("sample_index").to_numpy() - lines.first_line
+        self.sizes.append(lines.ends[rows] - lines.starts[rows])
 
     def _slow(self, lines: _Lines, lo: int, hi: int) -> None:
         """json.loads per line over lines [lo, hi): exact coercion, exact error locations."""
@@ -556,7 +573,7 @@ class _Scan:
             self.skipped_lines.append(line)
         table = columns_to_table(cols, self.on_error, self.skipped_lines, _HINT)
         if table is not None:
-            self.tables.append(table)
+            self._add(lines, table)
 
 
 def _one_element_lists(values: pa.Array, ptype: PropertyType) -> pa.Array:
@@ -710,7 +727,8 @@ class JsonlFormat(DatasetFormat):
                 "frames_dec": fr[:, 1],
             },
         )
-        return FileScan(concat_tables(st.tables, st.schema), len(st.skipped_lines), index)
+        sizes = np.concatenate(st.sizes).astype(np.int64) if st.sizes else np.zeros(0, dtype=np.int64)
+        return FileScan(concat_tables(st.tables, st.schema), len(st.skipped_lines), index, sizes)
 
     # ---- streaming
 

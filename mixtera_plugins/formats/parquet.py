@@ -9,6 +9,10 @@ that batch goes through the Python path, which coerces exactly like the JSON pat
 names the first offending row and column (``on_error="fail"``) or drops the rows that
 cannot be coerced (``on_error="skip"``). Python parsers get every row as a dict.
 
+**Sample sizes** (``FileScan.sample_bytes``): the byte length of each row's ``text`` column
+(string or binary; null counts 0), read on its own, batch by batch, and measured by
+pyarrow; a file without a ``text`` column of such a type has no sizes (None).
+
 **Read index.** The footer already maps rows to row groups, so a range read only reads the
 row groups it intersects, batch by batch. The read index is ``None`` unless rows were
 skipped at registration; then it lists them (kind ``parquet`` container) so that reads never
@@ -22,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mixtera_core.errors import CorruptFileError, MalformedRecordError, MissingFieldError
@@ -31,6 +36,8 @@ from mixtera_core.records import PropertyColumns, coerce, extract, lift_fields
 from ._common import check_on_error, columns_to_table, concat_tables, make_table, pack_index, unpack_index
 
 INDEX_VERSION = 1
+#: The column whose byte length is a sample's size (FileScan.sample_bytes).
+_TEXT = "text"
 _HINT = "fix the value, declare another type in the parser options, or register with on_error='skip'"
 
 
@@ -94,7 +101,9 @@ class ParquetFormat(DatasetFormat):
         if field_map is not None:
             columns: list[str] | None = _columns_for(path, pf.schema_arrow, field_map)
             if not columns:  # nothing to read per row
-                return FileScan(make_table(np.arange(num_rows), {}, schema))
+                return FileScan(
+                    make_table(np.arange(num_rows), {}, schema), sample_bytes=self._sizes(path, pf)
+                )
         else:
             columns = None
         tables: list[pa.Table] = []
@@ -124,7 +133,38 @@ class ParquetFormat(DatasetFormat):
                 {"rows": num_rows},
                 {"skipped": np.sort(np.asarray(skipped, dtype=np.int64))},
             )
-        return FileScan(concat_tables(tables, schema), len(skipped), index)
+        table = concat_tables(tables, schema)
+        sizes = self._sizes(path, pf)
+        if sizes is not None and skipped:
+            sizes = sizes[table.column("sample_index").to_numpy()]
+        return FileScan(table, len(skipped), index, sizes)
+
+    def _sizes(self, path: str, pf: pq.ParquetFile) -> np.ndarray | None:
+        """The byte length of every row's ``text`` (null: 0), or None without such a column."""
+        schema = pf.schema_arrow
+        i = schema.get_field_index(_TEXT)
+        if i < 0:
+            return None
+        typ = schema.field(i).type
+        if not (
+            pa.types.is_string(typ)
+            or pa.types.is_large_string(typ)
+            or pa.types.is_binary(typ)
+            or pa.types.is_large_binary(typ)
+        ):
+            return None
+        out = np.zeros(pf.metadata.num_rows, dtype=np.int64)
+        row = 0
+        try:
+            for batch in pf.iter_batches(batch_size=self.batch_size, columns=[_TEXT]):
+                n = batch.num_rows
+                out[row : row + n] = pc.fill_null(pc.binary_length(batch.column(0)), 0).to_numpy()
+                row += n
+        except (OSError, pa.ArrowException) as e:
+            raise CorruptFileError(
+                path, f"cannot read parquet column {_TEXT!r} near row {row}: {e}"
+            ) from None
+        return out
 
     @staticmethod
     def _slow_fields(

@@ -22,6 +22,9 @@ the last readable header (``tarfile`` would silently stop there) raise
 :class:`~mixtera_core.errors.CorruptFileError`. A member that is not valid JSON / UTF-8, or an
 extension repeated within one sample, is a malformed sample (``sample N (key K)``).
 
+**Sample sizes** (``FileScan.sample_bytes``) come from the tar headers, for free: the size of
+the sample's ``txt`` member, else of its ``text`` member, else the sum of all its members'.
+
 **Read index.** ``webdataset``'s own iterators do not expose member offsets, so the scan
 records, per sample, its key and its members' ``(extension, data offset, size)`` in numpy
 arrays (kind ``webdataset`` container). A range read seeks to each sample and reads its
@@ -122,6 +125,14 @@ def _enumerate(path: str) -> tuple[list[_Sample], int]:
                 raise CorruptFileError(path, f"broken tar archive: unreadable header at byte {bad}")
             pos += len(chunk)
     return samples, size
+
+
+def _sample_size(s: _Sample) -> int:
+    """The size of the ``txt`` member, else of the ``text`` member, else of all members."""
+    for ext in ("txt", "text"):
+        if ext in s.exts:
+            return s.sizes[s.exts.index(ext)]
+    return sum(s.sizes)
 
 
 class _LazySample(Mapping[str, Any]):
@@ -226,10 +237,18 @@ class WebDatasetFormat(DatasetFormat):
                     skipped.append(idx)
         table = columns_to_table(cols, on_error, skipped, _HINT)
         skipped.sort()
+        sizes = np.zeros(0, dtype=np.int64)
+        if table is not None:
+            sizes = np.fromiter(
+                (_sample_size(samples[i]) for i in table.column("sample_index").to_pylist()),
+                dtype=np.int64,
+                count=table.num_rows,
+            )
         return FileScan(
             concat_tables([] if table is None else [table], schema),
             len(skipped),
             self._index(samples, skipped, size),
+            sizes,
         )
 
     @staticmethod
