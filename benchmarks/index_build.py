@@ -33,7 +33,9 @@ def populate(client: MixteraClient, samples: int, files: int) -> None:
     )
     con.execute("INSERT INTO dataset_properties VALUES (1, 'language'), (1, 'license')")
     con.execute(
-        "INSERT INTO files SELECT i, 1, 'file-' || i, ?, 0, 0, NULL FROM range(?) t(i)", [per_file, files]
+        "INSERT INTO files (id, dataset_id, path, num_samples, num_skipped, size_bytes, read_index) "
+        "SELECT i, 1, 'file-' || i, ?, 0, 0, NULL FROM range(?) t(i)",
+        [per_file, files],
     )
     # Runs: a sample's language changes every ~50 samples (hash of the run number), license every ~200.
     con.execute(

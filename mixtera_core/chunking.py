@@ -10,14 +10,17 @@ most ``block_size`` consecutive samples; each epoch visits the blocks in a seede
 permutation (seed, component key, epoch). A cursor is one integer, the position in the
 current epoch's order, so cursors are tiny and restoring never replays chunks.
 
-**Chunk size** is ``chunk_size`` samples, or (token mode, ``chunk_tokens``) as many samples as
-make ``chunk_tokens`` tokens at the weights in force (from the calibrated tokens per sample),
-so that a chunk lasts a fixed number of training steps however long the documents are.
+**Chunk size** is ``chunk_size`` samples. In token mode it is a token budget,
+``chunk_tokens`` (or ``chunk_size`` samples' worth at the weights in force), so that a chunk
+lasts a fixed number of training steps however long the documents are.
 
-**Quotas.** Each chunk splits its samples over the components by largest
+**Quotas.** Sample mode: each chunk splits its samples over the components by largest
 remainder, and the fractional remainders are carried into the next chunk: over ``n``
 chunks a component's count stays within one sample of ``weight * n * chunk_size``, so a
-0.1% component is served every ~1000 samples rather than rounded away.
+0.1% component is served every ~1000 samples rather than rounded away. Token mode: the
+same in tokens, from each sample's token count (exact from a token index, else estimated
+from its size in bytes); a component's quota is filled with the samples whose tokens come
+nearest to it, and the difference is carried.
 
 **Running dry** (``on_exhausted``): ``"stop"`` ends the stream before the first chunk
 that cannot be filled; ``"redistribute"`` gives the shortfall to the components that
@@ -28,6 +31,7 @@ the component's next epoch with a fresh seeded order.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,13 +55,17 @@ def stable_id(text: str) -> int:
 
 @dataclass
 class Chunk:
-    """One chunk: pieces ``(component, file_id, start, stop)`` in component-order."""
+    """One chunk: pieces ``(component, file_id, start, stop)``; sample mode in component order,
+    token mode one piece per sample (or part of one) in delivery order."""
 
     index: int
     comps: np.ndarray
     file_ids: np.ndarray
     starts: np.ndarray
     stops: np.ndarray
+    # token mode: per piece (one sample each) the part of the document it holds, as fractions
+    # ``[from, to)`` of the document's tokens; None: whole samples
+    spans: np.ndarray | None = None
 
     @property
     def num_samples(self) -> int:
@@ -71,17 +79,31 @@ class Chunk:
         offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
         return comps, files, np.repeat(self.starts, lengths) + offsets
 
+    def starts_per_piece(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(component, file id, sample index) per piece of a chunk of one-sample pieces."""
+        assert np.all(self.stops - self.starts == 1), "pieces of one sample each"
+        return self.comps, self.file_ids, self.starts
+
     def interleaved(self, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per-sample arrays in the chunk's seeded interleave order (components mixed)."""
+        """Per-sample arrays in the chunk's seeded interleave order (components mixed); sample
+        mode. Token-mode chunks are planned in delivery order already (see ``samples``)."""
         comps, files, idx = self.samples()
         perm = _rng(seed, 1, self.index).permutation(len(comps))
         return comps[perm], files[perm], idx[perm]
 
 
 class ComponentOrders:
-    """Blocks of each component and their seeded order per epoch."""
+    """Blocks of each component and their seeded order per epoch.
 
-    def __init__(self, index: ChunkerIndex, seed: int, block_size: int) -> None:
+    ``sample_sizes`` (token mode): the tokens of every sample (exact from a token index, or
+    estimated), in the index's interval order (:meth:`ChunkerIndex.gather`). With them the
+    orders also answer "how many samples from here make ``q`` tokens" by index arithmetic:
+    cumulative token counts per block of the epoch order, and within one block a cumsum.
+    """
+
+    def __init__(
+        self, index: ChunkerIndex, seed: int, block_size: int, sample_sizes: np.ndarray | None = None
+    ) -> None:
         if block_size < 1:
             raise ValueError("block_size must be >= 1")
         self.index = index
@@ -89,40 +111,182 @@ class ComponentOrders:
         self.block_size = block_size
         self.sizes = index.component_sizes().astype(np.int64)
         self.key_ids = [stable_id(k) for k in index.component_keys()]
-        self._blocks: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        self._orders: dict[int, tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+        if sample_sizes is not None and len(sample_sizes) != int(self.sizes.sum()):
+            raise ValueError(
+                f"sample_sizes has {len(sample_sizes)} entries, the index {int(self.sizes.sum())} samples"
+            )
+        self.sample_sizes = None if sample_sizes is None else np.asarray(sample_sizes, dtype=np.float64)
+        # first sample of each component in interval order (where its sizes start)
+        self._comp_first = np.concatenate(([0], np.cumsum(self.sizes)))
+        self._comp_tokens: np.ndarray | None = None
+        self._blocks: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._orders: dict[int, tuple[int, tuple[np.ndarray, ...]]] = {}
 
-    def _component_blocks(self, c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    @property
+    def token_mode(self) -> bool:
+        return self.sample_sizes is not None
+
+    def set_sample_sizes(self, sample_sizes: np.ndarray) -> None:
+        """Replace the per-sample token counts (a refined estimate); the orders stay the same."""
+        if len(sample_sizes) != len(self.sample_sizes if self.sample_sizes is not None else ()):
+            raise ValueError("set_sample_sizes needs one count per sample, in token mode")
+        self.sample_sizes = np.asarray(sample_sizes, dtype=np.float64)
+        self._comp_tokens = None
+        self._orders.clear()
+
+    def component_tokens(self) -> np.ndarray:
+        """Tokens per component (token mode)."""
+        assert self.sample_sizes is not None
+        if self._comp_tokens is None:
+            cum = np.concatenate(([0.0], np.cumsum(self.sample_sizes)))
+            self._comp_tokens = cum[self._comp_first[1:]] - cum[self._comp_first[:-1]]
+        return self._comp_tokens
+
+    def _component_blocks(self, c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(file ids, starts, stops, first sample within the component) of component ``c``'s blocks."""
         if c not in self._blocks:
             fids, starts, stops = self.index.intervals(c)
-            n = -(-(stops - starts) // self.block_size)  # blocks per interval
+            lengths = stops - starts
+            n = -(-lengths // self.block_size)  # blocks per interval
             first = np.repeat(starts, n)
             within = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
             bstart = first + within * self.block_size
             bstop = np.minimum(bstart + self.block_size, np.repeat(stops, n))
-            self._blocks[c] = (np.repeat(fids, n), bstart, bstop)
+            local = np.repeat(np.cumsum(lengths) - lengths, n) + within * self.block_size
+            self._blocks[c] = (np.repeat(fids, n), bstart, bstop, local)
         return self._blocks[c]
 
-    def _order(self, c: int, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _order(self, c: int, epoch: int) -> tuple[np.ndarray, ...]:
+        """The epoch's block order: file ids, starts, stops, cumulative samples, and (token
+        mode) each block's first sample within the component and cumulative tokens."""
         cached = self._orders.get(c)
         if cached is None or cached[0] != epoch:
-            fids, bstart, bstop = self._component_blocks(c)
+            fids, bstart, bstop, local = self._component_blocks(c)
             perm = _rng(self.seed, 2, self.key_ids[c], epoch).permutation(len(bstart))
-            f, s, e = fids[perm], bstart[perm], bstop[perm]
+            f, s, e, lo = fids[perm], bstart[perm], bstop[perm], local[perm]
             cum = np.concatenate(([0], np.cumsum(e - s)))
-            cached = (epoch, f, s, e, cum)
+            parts: tuple[np.ndarray, ...] = (f, s, e, cum)
+            if self.sample_sizes is not None:
+                sizes = self._local_sizes(c)
+                block_tokens = np.add.reduceat(sizes, local) if len(local) else np.zeros(0)
+                parts += (lo, np.concatenate(([0.0], np.cumsum(block_tokens[perm]))))
+            cached = (epoch, parts)
             self._orders[c] = cached
-        return cached[1:]
+        return cached[1]
+
+    def _local_sizes(self, c: int) -> np.ndarray:
+        assert self.sample_sizes is not None
+        return self.sample_sizes[self._comp_first[c] : self._comp_first[c + 1]]
 
     def take(self, c: int, epoch: int, pos: int, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Pieces covering positions ``[pos, pos + count)`` of component ``c``'s epoch order."""
-        f, s, e, cum = self._order(c, epoch)
+        f, s, e, cum = self._order(c, epoch)[:4]
         lo = int(np.searchsorted(cum, pos, side="right")) - 1
         hi = int(np.searchsorted(cum, pos + count, side="left"))
         ps, pe, pf = s[lo:hi].copy(), e[lo:hi].copy(), f[lo:hi]
         ps[0] += pos - cum[lo]
         pe[-1] -= cum[hi] - (pos + count)
         return pf, ps, pe
+
+    def sizes_of(self, c: int, epoch: int, pos: int, count: int) -> np.ndarray:
+        """Token counts of positions ``[pos, pos + count)`` of component ``c``'s epoch order."""
+        _, _, _, cum, local, _ = self._order(c, epoch)
+        lo = int(np.searchsorted(cum, pos, side="right")) - 1
+        hi = int(np.searchsorted(cum, pos + count, side="left"))
+        first = local[lo:hi] + np.maximum(pos - cum[lo:hi], 0)
+        last = local[lo:hi] + np.minimum(cum[lo + 1 : hi + 1], pos + count) - cum[lo:hi]
+        sizes = self._local_sizes(c)
+        return np.concatenate([sizes[a:b] for a, b in zip(first.tolist(), last.tolist(), strict=True)])
+
+    def tokens_before(self, c: int, epoch: int, pos: int) -> float:
+        """Tokens of positions ``[0, pos)`` of component ``c``'s epoch order."""
+        _, _, _, cum, local, tcum = self._order(c, epoch)
+        if pos >= cum[-1]:
+            return float(tcum[-1])
+        b = int(np.searchsorted(cum, pos, side="right")) - 1
+        within = pos - int(cum[b])
+        sizes = self._local_sizes(c)
+        return float(tcum[b] + sizes[local[b] : local[b] + within].sum())
+
+    def size_at(self, c: int, epoch: int, pos: int) -> float:
+        """Tokens of the sample at position ``pos`` (0 past the end of the epoch)."""
+        _, _, _, cum, local, _ = self._order(c, epoch)
+        if pos >= cum[-1]:
+            return 0.0
+        b = int(np.searchsorted(cum, pos, side="right")) - 1
+        return float(self._local_sizes(c)[local[b] + pos - int(cum[b])])
+
+    def position_tokens(self, c: int, epoch: int, pos: int, frac: float) -> float:
+        """Tokens before a cursor: ``pos`` whole samples and ``frac`` of the next one."""
+        base = self.tokens_before(c, epoch, pos)
+        return base + frac * self.size_at(c, epoch, pos) if frac else base
+
+    def advance(
+        self,
+        c: int,
+        epoch: int,
+        pos: int,
+        frac: float,
+        quota: float,
+        split_above: float = float("inf"),
+        at_least_one: bool = False,
+    ) -> tuple[int, float, float]:
+        """Move a cursor (``pos`` samples and ``frac`` of the next) by about ``quota`` tokens:
+        returns the new cursor and the tokens passed. The cursor stops at the sample boundary
+        nearest to the quota (ties: the earlier), unless the sample there holds more than
+        ``split_above`` tokens: then it stops inside it, at the quota exactly. At most to the end
+        of the epoch; ``at_least_one``: at least to the end of the current sample."""
+        _, _, _, cum, local, tcum = self._order(c, epoch)
+        end = int(cum[-1])
+        if pos >= end:
+            return pos, 0.0, 0.0
+        start = self.position_tokens(c, epoch, pos, frac)
+        target = start + max(quota, 0.0)
+        if target >= tcum[-1]:
+            return end, 0.0, float(tcum[-1]) - start
+        b = int(np.searchsorted(tcum, target, side="right")) - 1
+        block = self._local_sizes(c)[local[b] : local[b] + int(cum[b + 1] - cum[b])]
+        bounds = tcum[b] + np.concatenate(([0.0], np.cumsum(block)))
+        j = min(int(np.searchsorted(bounds, target, side="right")) - 1, len(block) - 1)
+        sample = int(cum[b]) + j
+        size = float(bounds[j + 1] - bounds[j])
+        new_pos, new_frac = sample, 0.0
+        if size > split_above:
+            new_frac = (target - float(bounds[j])) / size
+            if new_frac >= 1.0:
+                new_pos, new_frac = sample + 1, 0.0
+        elif bounds[j + 1] - target < target - bounds[j]:
+            new_pos = sample + 1
+        if (new_pos, new_frac) <= (pos, frac):
+            new_pos, new_frac = (pos + 1, 0.0) if at_least_one else (pos, frac)
+        return new_pos, new_frac, self.position_tokens(c, epoch, new_pos, new_frac) - start
+
+
+def _token_order(chunk: Chunk, tokens: np.ndarray, seed: int) -> Chunk:
+    """The chunk in delivery order (one piece per sample or part of one): each component's
+    pieces in a seeded shuffle, the components merged so that every prefix of the chunk holds
+    each of them in proportion to its tokens (a piece is placed at the middle of the span it
+    takes in its component's share of the chunk). A stream cut anywhere in a chunk then still
+    matches the weights to within about a document, instead of a random draw's spread."""
+    comps, files, idx = chunk.starts_per_piece()
+    spans = chunk.spans if chunk.spans is not None else np.tile([0.0, 1.0], (len(comps), 1))
+    key = _rng(seed, 1, chunk.index).permutation(len(comps))
+    by_comp = np.lexsort((key, comps))  # each component's pieces together, shuffled
+    comps, files, idx, tokens, spans = (
+        comps[by_comp],
+        files[by_comp],
+        idx[by_comp],
+        tokens[by_comp],
+        spans[by_comp],
+    )
+    firsts = np.flatnonzero(np.concatenate(([True], comps[1:] != comps[:-1])))
+    lasts = np.concatenate((firsts[1:], [len(comps)]))
+    when = np.empty(len(comps), dtype=np.float64)
+    for a, b in zip(firsts.tolist(), lasts.tolist(), strict=True):
+        t = np.maximum(tokens[a:b], 1e-9)
+        when[a:b] = (np.cumsum(t) - t / 2) / t.sum()
+    order = np.lexsort((comps, when))
+    return Chunk(chunk.index, comps[order], files[order], idx[order], idx[order] + 1, spans[order])
 
 
 def largest_remainder(weights: np.ndarray, n: int, carry: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -150,8 +314,16 @@ def largest_remainder(weights: np.ndarray, n: int, carry: np.ndarray) -> tuple[n
 class ChunkPlanner:
     """Generates the global chunk sequence one chunk at a time; state is O(components).
 
-    ``sample_scale`` converts the weights of the log into sample weights (token mode:
-    ``1 / tokens_per_sample`` per component, so that weights hold in tokens).
+    Sample mode splits ``chunk_size`` samples by the weights. Token mode (the orders carry
+    per-sample token counts) splits a chunk's token budget instead, ``chunk_tokens`` or
+    ``chunk_size`` samples' worth at the weights in force, and fills each component's quota
+    with the samples whose tokens come nearest to it; a document longer than ``split_tokens``
+    (or a quarter of the budget) that straddles the quota is split there, its rest opening the
+    component's share of a later chunk. What a component got over or under its quota is
+    carried, in tokens, into the next chunk: over any run of chunks a component's tokens stay
+    within half a short document of ``weight * tokens`` (exact counts from a token index;
+    estimated counts otherwise), and documents far longer than a chunk are spread over chunks
+    instead of making one chunk long and the next ones without that component.
     """
 
     def __init__(
@@ -160,34 +332,77 @@ class ChunkPlanner:
         log: WeightsLog,
         chunk_size: int,
         on_exhausted: str = "stop",
-        sample_scale: np.ndarray | None = None,
         chunk_tokens: int | None = None,
+        staged: tuple[Callable[[int], int], Callable[[int], np.ndarray]] | None = None,
+        split_tokens: float = float("inf"),
     ) -> None:
         if on_exhausted not in ON_EXHAUSTED:
             raise ValueError(f"on_exhausted must be one of {ON_EXHAUSTED}, got {on_exhausted!r}")
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        if chunk_tokens is not None and not orders.token_mode:
+            raise ValueError("chunk_tokens needs per-sample token counts (token mode)")
         self.orders = orders
         self.log = log
         self.chunk_size = chunk_size
         self.chunk_tokens = chunk_tokens
         self.on_exhausted = on_exhausted
         n = len(orders.sizes)
-        self.sample_scale = np.ones(n) if sample_scale is None else np.asarray(sample_scale, dtype=np.float64)
+        # estimated token counts refined by chunk index: (chunk -> stage, stage -> per-sample tokens)
+        self._staged = staged
+        self.stage = 0
+        self._update_mean_tokens()
         self.next_index = 0
         self.epoch = np.zeros(n, dtype=np.int64)
         self.pos = np.zeros(n, dtype=np.int64)
-        self.carry = np.zeros(n, dtype=np.float64)
+        # token mode: the part of the sample at ``pos`` already planned (documents longer than
+        # split_tokens are split between chunks)
+        self.frac = np.zeros(n, dtype=np.float64)
+        self.split_tokens = split_tokens
+        self.carry = np.zeros(n, dtype=np.float64)  # samples (sample mode) or tokens (token mode)
         self.exhausted = np.zeros(n, dtype=bool)
         self.done = False
 
     # -------------------------------------------------------------- state
 
+    def _update_mean_tokens(self) -> None:
+        orders = self.orders
+        n = len(orders.sizes)
+        self._mean_tokens = (
+            orders.component_tokens() / np.maximum(orders.sizes, 1) if orders.token_mode else np.ones(n)
+        )
+
+    def _set_stage(self, stage: int, carry_over: bool) -> None:
+        """Plan with the token estimate of ``stage``. ``carry_over``: re-count the tokens handed
+        out so far with the new estimate and carry the difference (the early error is paid back)."""
+        if self._staged is None or stage == self.stage:
+            return
+        before = self._tokens_taken() if carry_over else None
+        self.orders.set_sample_sizes(self._staged[1](stage))
+        self._update_mean_tokens()
+        if before is not None:
+            self.carry = np.where(self.exhausted, 0.0, self.carry + before - self._tokens_taken())
+        self.stage = stage
+
+    def _tokens_taken(self) -> np.ndarray:
+        """Tokens handed out per component (all epochs) under the current counts."""
+        orders = self.orders
+        total = orders.component_tokens()
+        return np.asarray(
+            [
+                self.epoch[c] * total[c]
+                + orders.position_tokens(c, int(self.epoch[c]), int(self.pos[c]), float(self.frac[c]))
+                for c in range(len(total))
+            ]
+        )
+
     def state_dict(self) -> dict[str, Any]:
         return {
+            "stage": self.stage,
             "next_index": self.next_index,
             "epoch": self.epoch.tolist(),
             "pos": self.pos.tolist(),
+            "frac": self.frac.tolist(),
             "carry": self.carry.tolist(),
             "exhausted": self.exhausted.tolist(),
             "done": self.done,
@@ -200,40 +415,118 @@ class ChunkPlanner:
         self.next_index = int(state["next_index"])
         self.epoch = np.asarray(state["epoch"], dtype=np.int64)
         self.pos = np.asarray(state["pos"], dtype=np.int64)
+        self.frac = np.asarray(state.get("frac", [0.0] * n), dtype=np.float64)
         self.carry = np.asarray(state["carry"], dtype=np.float64)
         self.exhausted = np.asarray(state["exhausted"], dtype=bool)
         self.done = bool(state["done"])
+        self._set_stage(int(state.get("stage", 0)), carry_over=False)
 
     # -------------------------------------------------------------- planning
 
-    def _sample_weights(self, index: int) -> np.ndarray:
-        w = self.log.at(index) * self.sample_scale
-        w = np.where(self.exhausted, 0.0, w)
+    def _weights(self, index: int) -> np.ndarray:
+        w = np.where(self.exhausted, 0.0, self.log.at(index))
         total = w.sum()
         return w / total if total > 0 else w
 
-    def _samples_in_chunk(self, sample_weights: np.ndarray) -> int:
-        if self.chunk_tokens is None:
-            return self.chunk_size
-        tokens_per_sample = float((sample_weights / self.sample_scale).sum())  # at these weights
-        return max(1, int(round(self.chunk_tokens / max(tokens_per_sample, 1e-9))))
+    def token_budget(self, weights: np.ndarray) -> float:
+        """Tokens in a chunk at these weights: ``chunk_tokens``, else ``chunk_size`` samples' worth."""
+        if self.chunk_tokens is not None:
+            return float(self.chunk_tokens)
+        samples_per_token = float((weights / np.maximum(self._mean_tokens, 1e-9)).sum())
+        return self.chunk_size / max(samples_per_token, 1e-12)
 
     def next_chunk(self, materialize: bool = True) -> Chunk | None:
         """Plan the next chunk (advance cursors); None once the stream has ended."""
         if self.done:
             return None
         index = self.next_index
-        weights = self._sample_weights(index)
+        if self._staged is not None:
+            self._set_stage(self._staged[0](index), carry_over=True)
+        weights = self._weights(index)
         if weights.sum() <= 0:
             self.done = True
             return None
-        counts, carry = largest_remainder(weights, self._samples_in_chunk(weights), self.carry)
+        pieces: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
+        self._token_pieces: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        if self.orders.token_mode:
+            planned = self._fill_tokens(weights, materialize)
+        else:
+            planned = self._fill_samples(weights, pieces, materialize)
+        if not planned:
+            return None
+        self.next_index += 1
+        if not materialize:
+            return None
+        if self.orders.token_mode:
+            return self._token_chunk(index)
+        if not pieces:
+            return None
+        return Chunk(
+            index,
+            np.concatenate([np.full(len(p[1]), p[0], dtype=np.int64) for p in pieces]),
+            np.concatenate([p[1] for p in pieces]),
+            np.concatenate([p[2] for p in pieces]),
+            np.concatenate([p[3] for p in pieces]),
+        )
+
+    def _token_chunk(self, index: int) -> Chunk | None:
+        parts = self._token_pieces
+        if not parts:
+            return None
+        idx = np.concatenate([p[2] for p in parts])
+        chunk = Chunk(
+            index,
+            np.concatenate([np.full(len(p[1]), p[0], dtype=np.int64) for p in parts]),
+            np.concatenate([p[1] for p in parts]),
+            idx,
+            idx + 1,
+            np.concatenate([p[3] for p in parts]),
+        )
+        return _token_order(chunk, np.concatenate([p[4] for p in parts]), self.orders.seed)
+
+    def _move(self, c: int, new_pos: int, new_frac: float, materialize: bool) -> None:
+        """Token mode: plan component ``c`` from its cursor to (new_pos, new_frac), one piece per
+        sample: whole samples, and parts of the first and last where the cursors stand inside."""
+        pos, frac = int(self.pos[c]), float(self.frac[c])
+        if (new_pos, new_frac) <= (pos, frac):
+            return
+        if materialize:
+            epoch = int(self.epoch[c])
+            count = new_pos - pos + (1 if new_frac > 0 else 0)
+            fids, starts, stops = self.orders.take(c, epoch, pos, count)
+            lengths = stops - starts
+            files = np.repeat(fids, lengths)
+            within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+            samples = np.repeat(starts, lengths) + within
+            spans = np.tile([0.0, 1.0], (count, 1))
+            spans[0, 0] = frac
+            if new_frac > 0:
+                spans[-1, 1] = new_frac
+            sizes = self.orders.sizes_of(c, epoch, pos, count) * (spans[:, 1] - spans[:, 0])
+            self._token_pieces.append((c, files, samples, spans, sizes))
+        self.pos[c], self.frac[c] = new_pos, new_frac
+
+    def _take(
+        self, c: int, n: int, pieces: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]], materialize: bool
+    ) -> None:
+        if n > 0:
+            if materialize:
+                pieces.append((c, *self.orders.take(c, int(self.epoch[c]), int(self.pos[c]), n)))
+            self.pos[c] += n
+
+    def _fill_samples(
+        self,
+        weights: np.ndarray,
+        pieces: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]],
+        materialize: bool,
+    ) -> bool:
+        """Sample mode: ``chunk_size`` samples split by largest remainder. False: the stream ended."""
+        counts, carry = largest_remainder(weights, self.chunk_size, self.carry)
         sizes = self.orders.sizes
         if self.on_exhausted == "stop" and np.any(counts > sizes - self.pos):
             # the first chunk that cannot be filled is not emitted
             self.done = True
-            return None
-        pieces: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
+            return False
         pending = counts
         while True:
             shortfall = 0
@@ -251,31 +544,81 @@ class ChunkPlanner:
                         shortfall += want
                         break
                     take = min(want, avail)
-                    if materialize:
-                        pieces.append((c, *self.orders.take(c, int(self.epoch[c]), int(self.pos[c]), take)))
-                    self.pos[c] += take
+                    self._take(c, take, pieces, materialize)
                     want -= take
             if shortfall == 0:
                 break
-            rest = self._sample_weights(index)
+            rest = self._weights(self.next_index)
             if rest.sum() <= 0:
                 self.done = True  # everything is dry: emit what we have as the last chunk
                 break
             pending, _ = largest_remainder(rest, shortfall, np.zeros_like(rest))
         self.carry = np.where(self.exhausted, 0.0, carry)
-        self.next_index += 1
-        if not materialize:
-            return None
-        if not pieces:
-            return None
-        comps = np.concatenate([np.full(len(p[1]), p[0], dtype=np.int64) for p in pieces])
-        return Chunk(
-            index,
-            comps,
-            np.concatenate([p[1] for p in pieces]),
-            np.concatenate([p[2] for p in pieces]),
-            np.concatenate([p[3] for p in pieces]),
-        )
+        return True
+
+    def _fill_tokens(self, weights: np.ndarray, materialize: bool) -> bool:
+        """Token mode: the chunk's token budget split by the weights, plus each component's carry;
+        each quota is filled up to the nearest document boundary, or exactly by splitting a
+        document longer than ``split_tokens`` (or a quarter of the budget). False: the stream
+        ended."""
+        orders = self.orders
+        budget = self.token_budget(weights)
+        split_above = max(self.split_tokens, budget / 16)
+        target = np.where(weights > 0, weights * budget + self.carry, 0.0)
+        if self.on_exhausted == "stop":
+            for c in np.flatnonzero(target > 0).tolist():
+                left = float(orders.component_tokens()[c]) - self._cursor_tokens(c)
+                if target[c] > left + 1e-6:
+                    self.done = True  # the first chunk that cannot be filled is not emitted
+                    return False
+        taken = np.zeros_like(target)
+        pending = target.copy()
+        while True:
+            shortfall = 0.0
+            for c in np.flatnonzero(pending > 0).tolist():
+                want = float(pending[c])
+                while True:
+                    new_pos, new_frac, got = orders.advance(
+                        c, int(self.epoch[c]), int(self.pos[c]), float(self.frac[c]), want, split_above
+                    )
+                    self._move(c, new_pos, new_frac, materialize)
+                    taken[c] += got
+                    want -= got
+                    if self.pos[c] < orders.sizes[c] or want <= 0:
+                        break
+                    if self.on_exhausted == "repeat":  # dry wanting more: the next epoch
+                        self.epoch[c] += 1
+                        self.pos[c] = 0
+                        continue
+                    self.exhausted[c] = True
+                    shortfall += want
+                    break
+            if shortfall <= 0:
+                break
+            rest = self._weights(self.next_index)
+            if rest.sum() <= 0:
+                self.done = True  # everything is dry: emit what we have as the last chunk
+                break
+            pending = rest * shortfall
+            target += pending
+        if taken.sum() == 0 and not self.done:
+            # every quota rounded to nothing: the rest of one document of the component owed
+            # most, so that every chunk holds data
+            active = np.flatnonzero(~self.exhausted & (weights > 0))
+            c = int(active[np.argmax(target[active])])
+            if self.pos[c] >= orders.sizes[c]:  # only "repeat" leaves a dry component active
+                self.epoch[c] += 1
+                self.pos[c] = 0
+            new_pos, new_frac, got = orders.advance(
+                c, int(self.epoch[c]), int(self.pos[c]), float(self.frac[c]), 0.0, at_least_one=True
+            )
+            self._move(c, new_pos, new_frac, materialize)
+            taken[c] += got
+        self.carry = np.where(self.exhausted, 0.0, target - taken)
+        return True
+
+    def _cursor_tokens(self, c: int) -> float:
+        return self.orders.position_tokens(c, int(self.epoch[c]), int(self.pos[c]), float(self.frac[c]))
 
     def skip(self) -> bool:
         """Advance past one chunk without materializing it; False once the stream has ended."""

@@ -30,7 +30,8 @@ from .query import Query
 from .reading import SampleReader
 from .report import ComponentInfo, Explanation, JobReport
 from .runtime import JobRuntime
-from .streaming import JobStream, calibrate_tokens
+from .streaming import JobStream
+from .token_estimate import count_job_tokens
 
 if TYPE_CHECKING:
     from .job import TokenizerSpec
@@ -167,7 +168,7 @@ class MixteraClient(ABC):
         per_step: int | None = None,
         tokenizer: tuple[str, str] | None = None,
         tokenizer_options: dict[str, Any] | None = None,
-        token_estimate_samples: int = 512,
+        token_estimate_samples: int = 2048,
     ) -> Explanation:
         """Samples per component that ``query`` selects; with a mixture, what it asks of each.
 
@@ -421,7 +422,7 @@ class LocalMixteraClient(MixteraClient):
         per_step: int | None = None,
         tokenizer: tuple[str, str] | None = None,
         tokenizer_options: dict[str, Any] | None = None,
-        token_estimate_samples: int = 512,
+        token_estimate_samples: int = 2048,
     ) -> Explanation:
         if mixture is None:
             if samples is not None or tokens is not None or tokenizer is not None:
@@ -439,17 +440,19 @@ class LocalMixteraClient(MixteraClient):
         )
         job = build_job(self.catalog, spec)
         out = self._explain_components(job.index)
+        if tokenizer:
+            count_job_tokens(job, self.catalog, self.plugins)
+            out.token_counts = "exact (token index)" if job.token_index else "estimated"
+        comp_tokens = job.component_tokens
         weights = job.log.at(0)
-        tps = calibrate_tokens(job, self.plugins) if tokenizer else None
-        if tps is not None and isinstance(job.mixture, InferringMixture):
-            natural = job.index.component_sizes() * tps
-            weights = natural / natural.sum()
+        if comp_tokens is not None and isinstance(job.mixture, InferringMixture):
+            weights = comp_tokens / comp_tokens.sum()
         budget = tokens if tokens is not None else samples
         out.unit = "tokens" if tokenizer else "samples"
         names = job.key_names
         for c, info in enumerate(out.components):
             k = int(job.resolved.component_key[c])
-            avail = float(info.samples if tps is None else info.samples * tps[c])
+            avail = float(info.samples if comp_tokens is None else comp_tokens[c])
             w = float(weights[c])
             dry = None
             if per_step is not None:
@@ -459,7 +462,7 @@ class LocalMixteraClient(MixteraClient):
                     **info.__dict__,
                     "mixture_key": names[k] if k >= 0 else None,
                     "weight": w,
-                    "tokens": None if tps is None else avail,
+                    "tokens": None if comp_tokens is None else avail,
                     "epochs": None if budget is None else budget * w / avail,
                     "dry_step": dry,
                 }
@@ -556,10 +559,11 @@ class LocalMixteraClient(MixteraClient):
         job = build_job(self.catalog, spec)
         mixture = job.mixture
         if spec.token_mode:
-            job.tokens_per_sample = calibrate_tokens(job, self.plugins)
+            count_job_tokens(job, self.catalog, self.plugins)
             if isinstance(mixture, InferringMixture):
                 # natural proportions *in tokens*
-                natural = job.index.component_sizes() * job.tokens_per_sample
+                natural = job.component_tokens
+                assert natural is not None
                 job.log.entries[0] = (0, natural / natural.sum())
         if isinstance(mixture, DynamicMixture):
             self._algorithms[spec.job_id] = self._new_algorithm(job)

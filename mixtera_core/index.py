@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,6 +78,31 @@ class ChunkerIndex:
         """(file_ids, starts, stops) of component ``c`` (views, sorted by file then start)."""
         lo, hi = self.comp_offsets[c], self.comp_offsets[c + 1]
         return self.file_ids[lo:hi], self.starts[lo:hi], self.stops[lo:hi]
+
+    def gather(self, per_file: Mapping[int, np.ndarray]) -> np.ndarray:
+        """Per-sample values in interval order: ``per_file[f][s]`` for every sample ``s`` of every
+        interval (component by component, as :meth:`intervals` lists them).
+
+        ``per_file`` maps each file id of the index to an array indexed by sample index (e.g. the
+        byte or token size of each sample). Vectorized: one gather over all files at once.
+        """
+        fids = np.unique(self.file_ids)
+        missing = [int(f) for f in fids.tolist() if int(f) not in per_file]
+        if missing:
+            raise KeyError(f"no per-sample values for files {missing[:5]}")
+        arrays = [np.asarray(per_file[int(f)]) for f in fids.tolist()]
+        base = np.concatenate(([0], np.cumsum([len(a) for a in arrays], dtype=np.int64)))
+        flat = np.concatenate(arrays) if arrays else np.zeros(0)
+        lengths = self.stops - self.starts
+        slot = np.searchsorted(fids, self.file_ids)
+        if np.any(self.stops > base[slot + 1] - base[slot]):
+            bad = int(self.file_ids[np.flatnonzero(self.stops > base[slot + 1] - base[slot])[0]])
+            raise IndexError(f"per-sample values of file {bad} are shorter than its samples in the index")
+        first = np.repeat(base[slot] + self.starts, lengths)
+        within = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(
+            np.cumsum(lengths) - lengths, lengths
+        )
+        return flat[first + within]
 
     def file_ranges(self, c: int) -> dict[int, list[tuple[int, int]]]:
         """Component ``c`` as file id -> [(start, stop), ...]."""

@@ -3,7 +3,7 @@
 ``JobSpec`` is what a user asks for (JSON-able, also the wire format). ``Job`` is the
 spec resolved against the catalog: the ChunkerIndex over the mixture's properties, the
 component weights, the mixture log, the files and their read indexes, and (token mode)
-the tokens-per-sample calibration. A Job needs no database once built, so it can be
+the token count of every sample, exact (token index) or estimated. A Job needs no database once built, so it can be
 pickled into DataLoader workers or sent to a training node; every stream of the job runs
 its own planner replica over it.
 
@@ -58,6 +58,10 @@ from .mixture_log import (
 )
 from .query import Query
 
+#: Per-sample token counts (from a token index) or sizes in bytes (to estimate them from) of a
+#: token-mode job, beside job.json (numpy .npy, float64, interval order).
+TOKENS_FILE = "sample_tokens.npy"
+BYTES_FILE = "sample_bytes.npy"
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 
 
@@ -91,7 +95,7 @@ class JobSpec:
     seq_len: int | None = None
     add_bos: bool = False
     add_eos: bool = True
-    token_estimate_samples: int = 512
+    token_estimate_samples: int = 2048
     samples_per_step: int | None = None
     # how many chunks after the consumed position a feedback-driven change takes effect (and how
     # far past it streams may plan); None: 4 * dp_groups * num_workers, what each stream's
@@ -215,8 +219,17 @@ class Job:
     resolved: ResolvedMixture
     log: WeightsLog
     files: dict[int, FileEntry]
-    tokens_per_sample: np.ndarray | None = None
+    # token mode with a token index: the exact tokens of every sample in the index's interval
+    # order; what the planner fills token quotas with
+    sample_tokens: np.ndarray | None = field(default=None, repr=False)
     catalog_version: int = 0
+    # token mode with a token index: its directory; streams read tokens there instead of
+    # tokenizing (see mixtera_core.token_index)
+    token_index: str | None = None
+    # token mode without a token index: every sample's size in bytes (interval order, NaN where
+    # unknown); the planner's token counts are estimated from them (mixtera_core.token_estimate)
+    sample_bytes: np.ndarray | None = field(default=None, repr=False, compare=False)
+    _estimator: Any = field(default=None, repr=False, compare=False)
     # feedback-driven changes: (chunk index, step, reason, ...); the weights themselves are in `log`
     changes: list[dict[str, Any]] = field(default_factory=list)
     # the job's directory (DB_DIR/jobs/<id>) when it lives in a local catalog: copies in other
@@ -239,19 +252,61 @@ class Job:
     def mixture(self) -> Mixture:
         return Mixture.from_json(self.spec.mixture)
 
+    def estimator(self) -> Any:
+        """The job's token estimator (token mode without a token index), made once per process."""
+        if self._estimator is None:
+            from .token_estimate import TokenEstimator
+
+            self._estimator = TokenEstimator(self)
+        return self._estimator
+
+    def token_sizes(self, stage: int = 0) -> np.ndarray | None:
+        """Tokens of every sample (interval order): exact, or the estimate of ``stage``; None in
+        sample mode."""
+        if self.sample_tokens is not None:
+            return np.asarray(self.sample_tokens)
+        if self.sample_bytes is not None:
+            return self.estimator().sizes(stage)
+        return None
+
     def orders(self) -> ComponentOrders:
-        return ComponentOrders(self.index, self.spec.seed, self.spec.block_size)
+        return ComponentOrders(self.index, self.spec.seed, self.spec.block_size, self.token_sizes(0))
 
     def planner(self) -> ChunkPlanner:
-        scale = None if self.tokens_per_sample is None else 1.0 / np.maximum(self.tokens_per_sample, 1e-9)
+        if self.spec.token_mode and self.sample_tokens is None and self.sample_bytes is None:
+            raise MixteraError(
+                f"job {self.spec.job_id!r} has no token counts here: token-mode chunks are planned "
+                f"where the job was built (its process, DB_DIR or server)"
+            )
+        staged = None
+        if self.sample_tokens is None and self.sample_bytes is not None:
+            est = self.estimator()
+            staged = (est.stage_of, est.sizes)
         return ChunkPlanner(
             self.orders(),
             self.log,
             self.spec.chunk_size,
             self.spec.on_exhausted,
-            scale,
             self.spec.chunk_tokens,
+            staged,
+            # documents longer than a sequence may be split between chunks (packing splits them anyway)
+            split_tokens=float(self.spec.seq_len + 1) if self.spec.seq_len else float("inf"),
         )
+
+    @property
+    def component_tokens(self) -> np.ndarray | None:
+        """Tokens per component (token mode): exact, or the best estimate (the last stage)."""
+        if self.sample_tokens is None and self.sample_bytes is None:
+            return None
+        stage = 0 if self.sample_tokens is not None else self.estimator().stages - 1
+        orders = ComponentOrders(self.index, self.spec.seed, self.spec.block_size, self.token_sizes(stage))
+        return orders.component_tokens()
+
+    @property
+    def tokens_per_sample(self) -> np.ndarray | None:
+        """Mean tokens per sample of each component (token mode)."""
+        tokens = self.component_tokens
+        return None if tokens is None else tokens / np.maximum(self.index.component_sizes(), 1)
 
     def component_key_ids(self) -> np.ndarray:
         """Key id (position in ``key_names``) of every component; -1 for unmatched ones."""
@@ -379,7 +434,6 @@ class Job:
         }
         comps = [MixtureKey.of_component(index.component_values(c)) for c in range(index.num_components)]
         resolved = Mixture.from_json(spec.mixture).resolve(comps, index.component_sizes(), 0)
-        tps = meta.get("tokens_per_sample")
         return cls(
             spec=spec,
             index=index,
@@ -387,7 +441,7 @@ class Job:
             resolved=resolved,
             log=WeightsLog.from_json(meta["log"], int(meta.get("sealed", SEALED_FOREVER))),
             files=files,
-            tokens_per_sample=None if tps is None else np.asarray(tps, dtype=np.float64),
+            token_index=meta.get("token_index"),
             catalog_version=meta["catalog_version"],
             changes=meta.get("changes", []),
             generation=int(meta.get("generation", 0)),
@@ -398,6 +452,11 @@ class Job:
         _, index_bytes, files_bytes = self.to_parts()
         _atomic_write(os.path.join(directory, "index.arrow"), index_bytes)
         _atomic_write(os.path.join(directory, "files.arrow"), files_bytes)
+        for name, values in ((TOKENS_FILE, self.sample_tokens), (BYTES_FILE, self.sample_bytes)):
+            if values is not None:
+                buf = io.BytesIO()
+                np.save(buf, np.asarray(values, dtype=np.float64))
+                _atomic_write(os.path.join(directory, name), buf.getvalue())
         self._rewrite_meta(directory)
         self.home = directory
 
@@ -449,9 +508,7 @@ class Job:
                 "log": self.log.to_json(),
                 "sealed": self.log.sealed,
                 "changes": self.changes,
-                "tokens_per_sample": None
-                if self.tokens_per_sample is None
-                else self.tokens_per_sample.tolist(),
+                "token_index": self.token_index,
                 "catalog_version": self.catalog_version,
                 "generation": self.generation,
             }
@@ -467,6 +524,16 @@ class Job:
                 parts.append(fh.read())
         job = cls.from_parts(*parts)
         job.home = directory
+        if job.spec.token_mode:
+            # memory-mapped: every process of a node shares the pages
+            for name in (TOKENS_FILE, BYTES_FILE):
+                path = os.path.join(directory, name)
+                if os.path.exists(path):
+                    setattr(
+                        job,
+                        "sample_tokens" if name == TOKENS_FILE else "sample_bytes",
+                        np.load(path, mmap_mode="r"),
+                    )
         if not owner:
             job.follower = DirectoryFollower(directory)
             job.follower.refresh(job)
@@ -539,7 +606,7 @@ def make_spec(
     seq_len: int | None = None,
     add_bos: bool = False,
     add_eos: bool = True,
-    token_estimate_samples: int = 512,
+    token_estimate_samples: int = 2048,
     samples_per_step: int | None = None,
     feedback_delay: int | None = None,
     mixture_tolerance: float = 1e-3,

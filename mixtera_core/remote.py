@@ -275,6 +275,13 @@ class RemoteChunkSource:
             unpack_int64(reply.starts),
             unpack_int64(reply.stops),
         )
+        if reply.spans:
+            spans = np.frombuffer(reply.spans, dtype="<f8").reshape(-1, 2)
+            if len(spans) != len(chunk.comps):
+                raise RemoteError(
+                    f"chunk {index}: the server sent {len(spans)} spans for {len(chunk.comps)} pieces"
+                )
+            chunk.spans = spans.astype(np.float64)
         return chunk, before
 
 
@@ -559,7 +566,7 @@ class RemoteMixteraClient(MixteraClient):
         per_step: int | None = None,
         tokenizer: tuple[str, str] | None = None,
         tokenizer_options: dict[str, Any] | None = None,
-        token_estimate_samples: int = 512,
+        token_estimate_samples: int = 2048,
     ) -> Explanation:
         request = {
             "query": query.to_json(),
@@ -581,6 +588,7 @@ class RemoteMixteraClient(MixteraClient):
             components=[ComponentInfo(**c) for c in data["components"]],
             warnings=data["warnings"],
             unit=data["unit"],
+            token_counts=data.get("token_counts"),
         )
 
     def peek(
@@ -728,4 +736,5 @@ def explanation_to_json(explanation: Explanation) -> dict[str, Any]:
         "components": [asdict(c) for c in explanation.components],
         "warnings": list(explanation.warnings),
         "unit": explanation.unit,
+        "token_counts": explanation.token_counts,
     }

@@ -29,6 +29,8 @@ class Explanation:
     components: list[ComponentInfo] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     unit: str = "samples"  # unit of the budget: samples or tokens
+    # token mode: "exact (token index)" or "estimated" (from sizes in bytes); None in sample mode
+    token_counts: str | None = None
 
     @property
     def total_samples(self) -> int:
@@ -63,6 +65,8 @@ class Explanation:
                     line += f"  {_fmt_step(c.dry_step):>12}"
             lines.append(line)
         lines.append(f"{'total':<{width}}  {total:>10}")
+        if self.token_counts is not None and mixed:
+            lines.append(f"tokens: {self.token_counts}")
         lines.extend(f"warning: {w}" for w in self.warnings)
         return "\n".join(lines)
 

@@ -13,8 +13,9 @@ replay from the start, and the state's size does not grow with the steps trained
 **Token mode** tokenizes each sample (optional BOS/EOS), appends the tokens to a running
 buffer that carries over chunk boundaries, and cuts ``seq_len + 1`` token sequences
 (``input_ids = seq[:-1]``, ``labels = seq[1:]``), each with the key id of every token.
-Mixture weights hold in tokens because the planner weights components by their measured
-tokens per sample (see :func:`calibrate_tokens`).
+Mixture weights hold in tokens because the planner fills token quotas from every sample's
+token count (see :mod:`mixtera_core.token_estimate`). With a token index the stream reads the
+token ids there (memory-mapped) instead of reading and tokenizing the text.
 
 Planning, reading and tokenizing run in background threads that keep ``prefetch`` chunks
 ready; ``read_threads`` (default 2) chunks are read at once, and handed over in order.
@@ -23,6 +24,7 @@ ready; ``read_threads`` (default 2) chunks are read at once, and handed over in 
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -131,6 +133,13 @@ class _FileReaders:
         yield from self.plugins.format(entry.format).read_field(entry.path, ranges, entry.read_index, field)
 
 
+def delivery_order(job: Job, chunk: Chunk) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(component, file id, sample index) of a chunk's samples in the order a stream hands them
+    out: a seeded interleave in sample mode; in token mode the planner's order already (one that
+    keeps every prefix of the chunk in proportion to the weights in tokens)."""
+    return chunk.samples() if job.spec.token_mode else chunk.interleaved(job.spec.seed)
+
+
 def chunk_records(
     job: Job, chunk: Chunk, readers: SampleSource, field: FieldRef | None = None
 ) -> list[tuple[int, int, int, Any]]:
@@ -140,7 +149,7 @@ def chunk_records(
     sample without it falls back to its whole record, so ``record_text`` can still find a
     webdataset ``txt`` member.
     """
-    comps, files, idx = chunk.interleaved(job.spec.seed)
+    comps, files, idx = delivery_order(job, chunk)
     records: dict[tuple[int, int], Any] = {}
     order = np.lexsort((chunk.starts, chunk.file_ids))
     by_file: dict[int, list[tuple[int, int]]] = {}
@@ -214,39 +223,33 @@ def _specials(job: Job, tok: Tokenizer) -> tuple[list[int], list[int]]:
     return document_specials(tok, job.spec.add_bos, job.spec.add_eos)
 
 
-def calibrate_tokens(job: Job, plugins: PluginManager | None = None) -> np.ndarray:
-    """Mean tokens per sample of each component, from the first samples of its epoch-0 order.
-
-    Deterministic (the same samples every time) and stored with the job, so that every
-    stream plans with the same numbers. ``token_estimate_samples`` trades start-up time
-    for accuracy of the token shares.
-    """
-    plugins = plugins or get_plugin_manager()
-    assert job.spec.tokenizer is not None
-    tok = load_tokenizer(job.spec.tokenizer, plugins)
-    bos, eos = _specials(job, tok)
-    extra = len(bos) + len(eos)
-    orders = job.orders()
-    readers = _FileReaders(job, plugins)
-    out = np.zeros(job.index.num_components, dtype=np.float64)
-    for c in range(job.index.num_components):
-        n = int(min(job.spec.token_estimate_samples, orders.sizes[c]))
-        fids, starts, stops = orders.take(c, 0, 0, n)
-        texts = []
-        for f, s, e in zip(fids.tolist(), starts.tolist(), stops.tolist(), strict=True):
-            for i, rec in readers.read(f, [(s, e)]):
-                texts.append(record_text(rec, job.spec.text_field, f"{job.files[f].path}:{i}"))
-        lengths = [len(t) for t in tok.encode_batch(texts)] if texts else [0]
-        out[c] = max(float(np.mean(lengths)) + extra, 1.0)
-    return out
-
-
 @dataclass
 class _Prepared:
     index: int  # global chunk index
     own: int  # position among this stream's chunks
     snapshot: dict[str, Any]  # planner state before this chunk
     items: list[tuple[int, Any]]  # (key id, text/record or token array)
+    # token mode: the part of each document's tokens an item holds (fractions; None: whole)
+    spans: np.ndarray | None = None
+
+
+def document_piece(tokens: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """The tokens ``[lo, hi)`` of a document, as fractions of its length (planned where the
+    token count may have been an estimate): pieces that meet at a fraction meet at one token,
+    so the pieces of a document hold each of its tokens exactly once."""
+    n = len(tokens)
+    start = int(np.floor(lo * n + 0.5))
+    stop = n if hi >= 1.0 else int(np.floor(hi * n + 0.5))
+    return tokens[start:stop]
+
+
+def _cut(items: list[tuple[int, Any]], spans: np.ndarray | None) -> list[tuple[int, Any]]:
+    if spans is None:
+        return items
+    out = []
+    for (key, arr), (lo, hi) in zip(items, spans.tolist(), strict=True):
+        out.append((key, arr if lo == 0.0 and hi == 1.0 else document_piece(arr, lo, hi)))
+    return out
 
 
 class JobStream:
@@ -382,8 +385,15 @@ class JobStream:
             yield chunk, own, snapshot
             own += 1
 
+    def _indexed(self) -> bool:
+        """Whether this stream reads token ids from the job's token index (a local job with one)."""
+        return self.job.token_index is not None and self.readers is None
+
     def _reader(self) -> Callable[[tuple[Chunk, int, dict[str, Any]]], _Prepared]:
-        """Reads one planned chunk's records (sample mode: the output values); thread-safe."""
+        """Reads one planned chunk's records (sample mode: the output values; token mode with a
+        token index: the token ids); thread-safe."""
+        if self._indexed():
+            return self._index_reader()
         readers = self.readers if self.readers is not None else _FileReaders(self.job, self.plugins)
         token_mode = self.job.spec.tokenizer is not None
         text_ref = self._text_ref if token_mode or self.output == "text" else None
@@ -396,7 +406,46 @@ class JobStream:
                 data = [self._text(rec, f, i) for _, f, i, rec in rows]
             else:
                 data = [self._sample_data(rec, f, i) for _, f, i, rec in rows]
-            return _Prepared(chunk.index, own, snapshot, list(zip(keys, data, strict=True)))
+            return _Prepared(chunk.index, own, snapshot, list(zip(keys, data, strict=True)), chunk.spans)
+
+        return read
+
+    def _index_reader(self) -> Callable[[tuple[Chunk, int, dict[str, Any]]], _Prepared]:
+        from .token_index import TokenIndex
+
+        assert self.job.token_index is not None
+        root = os.path.normpath(self.job.token_index)
+        tokens = TokenIndex.open(os.path.dirname(os.path.dirname(root)), os.path.basename(root))
+        if tokens is None:
+            raise MixteraError(
+                f"the token index {root} of job {self.job.spec.job_id!r} is gone; "
+                f"run tokenize again or execute the job under a new id"
+            )
+        key_ids = self._key_ids
+
+        def read(planned: tuple[Chunk, int, dict[str, Any]]) -> _Prepared:
+            chunk, own, snapshot = planned
+            comps, files, idx = delivery_order(self.job, chunk)
+            found: dict[tuple[int, int], np.ndarray] = {}
+            order = np.lexsort((chunk.starts, chunk.file_ids))
+            by_file: dict[int, list[tuple[int, int]]] = {}
+            for j in order.tolist():
+                by_file.setdefault(int(chunk.file_ids[j]), []).append(
+                    (int(chunk.starts[j]), int(chunk.stops[j]))
+                )
+            for fid, ranges in by_file.items():
+                for sample_index, sample_ids in tokens.read(fid, _merge(ranges)):
+                    found[(fid, sample_index)] = sample_ids
+            items = []
+            for c, f, i in zip(comps.tolist(), files.tolist(), idx.tolist(), strict=True):
+                ids = found.get((f, i))
+                if ids is None:
+                    raise MixteraError(
+                        f"{self.job.files[f].path}: sample {i} is not in the token index {root}; "
+                        f"the dataset may have been re-registered since: run tokenize again"
+                    )
+                items.append((int(key_ids[c]), ids))
+            return _Prepared(chunk.index, own, snapshot, _cut(items, chunk.spans))
 
         return read
 
@@ -406,7 +455,10 @@ class JobStream:
         tok = load_tokenizer(self.job.spec.tokenizer, self.plugins)
         for prep in chunks:
             arrays = self._tokenize(tok, [text for _, text in prep.items])
-            prep.items = [(key, arr) for (key, _), arr in zip(prep.items, arrays, strict=True)]
+            prep.items = _cut(
+                [(key, arr) for (key, _), arr in zip(prep.items, arrays, strict=True)], prep.spans
+            )
+            prep.spans = None
             yield prep
 
     def _text(self, record: Any, file_id: int, sample_index: int) -> str:
@@ -430,7 +482,7 @@ class JobStream:
         overlaps tokenizing this one."""
         name = f"mixtera-prefetch-{self.job.spec.job_id}"
         chunks = parallel_map(self._reader(), self._planned(), self.read_threads, self.prefetch, name)
-        if self.job.spec.tokenizer is None:
+        if self.job.spec.tokenizer is None or self._indexed():
             return chunks
         return prefetch(self._tokenized(chunks), self.prefetch, name + "-tokenize")
 

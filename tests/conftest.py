@@ -160,3 +160,71 @@ def hetero_corpus(root: Path, per_key: int = 600) -> dict[str, Any]:
 def register_corpus(client: Any, corpus: dict[str, Any]) -> None:
     for name, location, fmt, fields in corpus["register"]:
         client.register_dataset(name, location, format=fmt, parser_options=fields)
+
+
+_CJK = {ch: chr(0x4E00 + i * 37) for i, ch in enumerate("abcdefghijklmnopqrstuvwxyz")}
+
+
+def skewed_corpus(root: Path, longest: int = 20_000) -> dict[str, Any]:
+    """A corpus built to break token estimates: within each component, shards differ in
+    document length *and* script, and components differ in format. ``longest`` caps every
+    document (in characters).
+
+    - ``lang=prose`` (jsonl.zst, 3 shards): short English docstrings; the same docstrings in
+      Cyrillic letters repeated to several pages; medium ones in CJK characters (3-byte UTF-8).
+    - ``lang=code`` (jsonl.gz, 2 shards): one-line ``def`` stubs; whole standard-library
+      modules (up to 20 kB).
+    - ``lang=c`` (parquet, 2 files): paragraphs of CPython's C headers; whole headers.
+    """
+    import ast
+    import os
+    import sysconfig
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sources = sorted(Path(os.__file__).parent.glob("*.py"))[:120]
+    docs: list[str] = []
+    stubs: list[str] = []
+    modules: list[str] = []
+    for f in sources:
+        text = f.read_text(encoding="utf-8", errors="replace")
+        modules.append(text[:20_000])
+        stubs.extend(line for line in text.splitlines() if line.startswith("def "))
+        try:
+            tree = ast.parse(text)
+        except SyntaxError:
+            continue
+        docs.extend(
+            d
+            for node in ast.walk(tree)
+            if isinstance(node, ast.FunctionDef | ast.ClassDef) and (d := ast.get_docstring(node))
+        )
+    short = [d[:300] for d in docs[:900]]
+    cyrillic = [("".join(_CYRILLIC.get(ch, ch) for ch in d) + "\n") * 12 for d in docs[900:1000]]
+    cjk = ["".join(_CJK.get(ch, ch) for ch in d)[:1500] for d in docs[1000:1300]]
+
+    def docs_of(texts: list[str], lang: str) -> list[dict[str, str]]:
+        return [{"text": t[:longest], "lang": lang} for t in texts]
+
+    write_jsonl(root / "prose" / "a.jsonl.zst", docs_of(short, "prose"), "zst")
+    write_jsonl(root / "prose" / "b.jsonl.zst", docs_of([t[:6000] for t in cyrillic], "prose"), "zst")
+    write_jsonl(root / "prose" / "c.jsonl.zst", docs_of(cjk, "prose"), "zst")
+    write_jsonl(root / "code" / "a.jsonl.gz", docs_of(stubs[:1500], "code"), "gz")
+    write_jsonl(root / "code" / "b.jsonl.gz", docs_of(modules, "code"), "gz")
+    headers = sorted(Path(sysconfig.get_paths()["include"]).rglob("*.h"))[:150]
+    paragraphs = [p for h in headers for p in h.read_text(errors="replace").split("\n\n") if p.strip()][:2000]
+    whole = [h.read_text(errors="replace")[: min(12_000, longest)] for h in headers]
+    paragraphs = [p[:longest] for p in paragraphs]
+    (root / "c").mkdir(parents=True, exist_ok=True)
+    for name, part in (("a", paragraphs), ("b", whole)):
+        pq.write_table(pa.table({"text": part, "lang": ["c"] * len(part)}), root / "c" / f"{name}.parquet")
+    fields = {"lang": "lang"}
+    return {
+        "root": root,
+        "register": [
+            ("prose", str(root / "prose"), "jsonl", fields),
+            ("code", str(root / "code"), "jsonl", fields),
+            ("c", str(root / "c"), "parquet", fields),
+        ],
+    }

@@ -10,7 +10,15 @@ import pytest
 from test_streaming import WEIGHTS, corpus, doc  # noqa: F401  (module fixture reused)
 
 from mixtera_core import MixteraClient, Query
-from mixtera_core.streaming import load_tokenizer, reshard
+from mixtera_core.plugins import get_plugin_manager
+from mixtera_core.streaming import (
+    _FileReaders,
+    chunk_records,
+    document_piece,
+    load_tokenizer,
+    record_text,
+    reshard,
+)
 
 pytest.importorskip("tokenizers")
 
@@ -71,32 +79,30 @@ def test_packing_carries_leftovers_and_drops_nothing(tclient, small_bpe):
         add_eos=True,
     )
     tok = load_tokenizer(tclient.job(job).spec.tokenizer)
-    docs = [(s.key_id, s.data) for s in _sample_view(tclient, job)]
-    expected = np.concatenate([[tok.bos_id, *tok.encode_batch([t])[0], tok.eos_id] for _, t in docs])
-    expected_keys = np.concatenate([np.full(len(tok.encode_batch([t])[0]) + 2, k) for k, t in docs])
+    pieces = [
+        (k, document_piece(np.asarray([tok.bos_id, *tok.encode_batch([t])[0], tok.eos_id]), lo, hi))
+        for k, t, lo, hi in _documents(tclient, job)
+    ]
+    assert any(len(p) for _, p in pieces)
+    expected = np.concatenate([p for _, p in pieces])
+    expected_keys = np.concatenate([np.full(len(p), k) for k, p in pieces])
     got = seqs(tclient.stream(job, drop_last=False))
     assert all(len(t) == 65 for t, _ in got[:-1]) and 0 < len(got[-1][0]) <= 65
     assert np.array_equal(np.concatenate([t for t, _ in got]), expected)
     assert np.array_equal(np.concatenate([k for _, k in got]), expected_keys)
 
 
-def _sample_view(client, job_id):
-    """The same job's documents in stream order, via a sample-mode twin job."""
-    j = client.job(job_id).spec
-    twin = client.execute(
-        Query.from_json({**j.query, "job_id": job_id + "-samples"}),
-        WEIGHTS,
-        chunk_size=j.chunk_size,
-        seed=j.seed,
-        on_exhausted=j.on_exhausted,
-        tokenizer=None,
-        seq_len=None,
-    )
-    # the twin plans in samples, the token job in calibrated samples: compare only the same planner
-    twin_job, tok_job = client.job(twin), client.job(job_id)
-    twin_job.log = tok_job.log
-    twin_job.tokens_per_sample = tok_job.tokens_per_sample
-    return client.stream(twin)
+def _documents(client, job_id):
+    """The job's documents (or parts of them: spans) in delivery order, read chunk by chunk from
+    its own plan."""
+    job = client.job(job_id)
+    planner = job.planner()
+    readers = _FileReaders(job, get_plugin_manager())
+    key_ids = job.component_key_ids()
+    while (chunk := planner.next_chunk()) is not None:
+        spans = chunk.spans if chunk.spans is not None else np.tile([0.0, 1.0], (len(chunk.comps), 1))
+        for (c, f, i, rec), (lo, hi) in zip(chunk_records(job, chunk, readers), spans.tolist(), strict=True):
+            yield int(key_ids[c]), record_text(rec, "text", (job.files[f].path, i)), lo, hi
 
 
 def test_token_resume_at_random_points_with_workers(tclient, small_bpe):

@@ -97,7 +97,7 @@ class ChunkRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., index: _Optional[int] = ..., snapshot_json: _Optional[str] = ...) -> None: ...
 
 class ChunkReply(_message.Message):
-    __slots__ = ("ended", "index", "comps", "file_ids", "starts", "stops", "before_json", "pending")
+    __slots__ = ("ended", "index", "comps", "file_ids", "starts", "stops", "before_json", "pending", "spans")
     ENDED_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     COMPS_FIELD_NUMBER: _ClassVar[int]
@@ -106,6 +106,7 @@ class ChunkReply(_message.Message):
     STOPS_FIELD_NUMBER: _ClassVar[int]
     BEFORE_JSON_FIELD_NUMBER: _ClassVar[int]
     PENDING_FIELD_NUMBER: _ClassVar[int]
+    SPANS_FIELD_NUMBER: _ClassVar[int]
     ended: bool
     index: int
     comps: bytes
@@ -114,7 +115,8 @@ class ChunkReply(_message.Message):
     stops: bytes
     before_json: str
     pending: bool
-    def __init__(self, ended: _Optional[bool] = ..., index: _Optional[int] = ..., comps: _Optional[bytes] = ..., file_ids: _Optional[bytes] = ..., starts: _Optional[bytes] = ..., stops: _Optional[bytes] = ..., before_json: _Optional[str] = ..., pending: _Optional[bool] = ...) -> None: ...
+    spans: bytes
+    def __init__(self, ended: _Optional[bool] = ..., index: _Optional[int] = ..., comps: _Optional[bytes] = ..., file_ids: _Optional[bytes] = ..., starts: _Optional[bytes] = ..., stops: _Optional[bytes] = ..., before_json: _Optional[str] = ..., pending: _Optional[bool] = ..., spans: _Optional[bytes] = ...) -> None: ...
 
 class MixtureRequest(_message.Message):
     __slots__ = ("job_id", "since")

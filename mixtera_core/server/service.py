@@ -60,6 +60,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import grpc
+import numpy as np
 
 from ..client import LocalMixteraClient
 from ..errors import (
@@ -666,6 +667,7 @@ class MixteraService(pb_grpc.MixteraServicer):
             starts=pack_int64(chunk.starts),
             stops=pack_int64(chunk.stops),
             before_json=before_json,
+            spans=b"" if chunk.spans is None else np.ascontiguousarray(chunk.spans, dtype="<f8").tobytes(),
         )
 
     @_unary

@@ -3,7 +3,8 @@
 ``loss_weighted``: a simple, transparent baseline. Keeps an exponential moving average of
 each key's mean loss (loss sum / count) and sets the weights proportional to
 ``ema_loss ** power``, mixed with the initial weights (``prior_mix``) and floored at
-``min_weight``. Keys with a higher loss get more data.
+``min_weight``. Keys with a higher loss get more data; a key no batch has held yet scores as
+the average of the others.
 
 ``ado``: Adaptive Data Optimization (per-domain scaling laws), see :mod:`.ado`.
 
@@ -60,9 +61,12 @@ class LossWeighted(MixingAlgorithm):
         old = seen & ~fresh
         self.avg[old] = self.ema * self.avg[old] + (1 - self.ema) * mean[old]
         self.updates += 1
-        if np.isnan(self.avg).any() or self.updates % self.update_every:
+        if np.isnan(self.avg).all() or self.updates % self.update_every:
             return None
-        score = np.maximum(self.avg, 1e-12) ** self.power
+        # keys no batch has held yet (rare domains, long documents) score as the average key,
+        # so that they neither stall the algorithm nor win or lose before they are seen
+        avg = np.where(np.isnan(self.avg), np.nanmean(self.avg), self.avg)
+        score = np.maximum(avg, 1e-12) ** self.power
         w = (1 - self.prior_mix) * score / score.sum() + self.prior_mix * np.asarray(self.initial_weights)
         w = np.maximum(w, self.min_weight)
         return (w / w.sum()).tolist()
