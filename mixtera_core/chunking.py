@@ -318,8 +318,9 @@ class ChunkPlanner:
     per-sample token counts) splits a chunk's token budget instead, ``chunk_tokens`` or
     ``chunk_size`` samples' worth at the weights in force, and fills each component's quota
     with the samples whose tokens come nearest to it; a document longer than ``split_tokens``
-    (or a quarter of the budget) that straddles the quota is split there, its rest opening the
-    component's share of a later chunk. What a component got over or under its quota is
+    and than a sixteenth of the budget that straddles the quota is split there, its rest opening
+    the component's share of a later chunk (splitting only long documents keeps the streams from
+    tokenizing the same document for two chunks, on the fly, more than needed). What a component got over or under its quota is
     carried, in tokens, into the next chunk: over any run of chunks a component's tokens stay
     within half a short document of ``weight * tokens`` (exact counts from a token index;
     estimated counts otherwise), and documents far longer than a chunk are spread over chunks
@@ -559,7 +560,7 @@ class ChunkPlanner:
     def _fill_tokens(self, weights: np.ndarray, materialize: bool) -> bool:
         """Token mode: the chunk's token budget split by the weights, plus each component's carry;
         each quota is filled up to the nearest document boundary, or exactly by splitting a
-        document longer than ``split_tokens`` (or a quarter of the budget). False: the stream
+        document longer than ``split_tokens`` and a sixteenth of the budget. False: the stream
         ended."""
         orders = self.orders
         budget = self.token_budget(weights)
