@@ -41,6 +41,8 @@ from .index import ChunkerIndex
 from .mixture_log import WeightsLog
 
 ON_EXHAUSTED = ("stop", "redistribute", "repeat")
+#: Token mode without chunk_tokens: the first chunks hold 1/RAMP_UP, 2/RAMP_UP, ... of the budget.
+RAMP_UP = 16
 __all__ = ["ON_EXHAUSTED", "Chunk", "ChunkPlanner", "ComponentOrders", "WeightsLog", "largest_remainder"]
 
 
@@ -318,9 +320,10 @@ class ChunkPlanner:
     per-sample token counts) splits a chunk's token budget instead, ``chunk_tokens`` or
     ``chunk_size`` samples' worth at the weights in force, and fills each component's quota
     with the samples whose tokens come nearest to it; a document longer than ``split_tokens``
-    and than a sixteenth of the budget that straddles the quota is split there, its rest opening
-    the component's share of a later chunk (splitting only long documents keeps the streams from
-    tokenizing the same document for two chunks, on the fly, more than needed). What a component got over or under its quota is
+    and than ``split_fraction`` of the budget that straddles the quota is split there, its rest
+    opening the component's share of a later chunk (streams that tokenize on the fly tokenize a
+    split document for each of its chunks: they split only long documents; streams reading a
+    token index split every document longer than a sequence). What a component got over or under its quota is
     carried, in tokens, into the next chunk: over any run of chunks a component's tokens stay
     within half a short document of ``weight * tokens`` (exact counts from a token index;
     estimated counts otherwise), and documents far longer than a chunk are spread over chunks
@@ -334,8 +337,9 @@ class ChunkPlanner:
         chunk_size: int,
         on_exhausted: str = "stop",
         chunk_tokens: int | None = None,
-        staged: tuple[Callable[[int], int], Callable[[int], np.ndarray]] | None = None,
+        staged: tuple[Callable[[float], int], Callable[[int], np.ndarray]] | None = None,
         split_tokens: float = float("inf"),
+        split_fraction: float = 1 / 16,
     ) -> None:
         if on_exhausted not in ON_EXHAUSTED:
             raise ValueError(f"on_exhausted must be one of {ON_EXHAUSTED}, got {on_exhausted!r}")
@@ -349,8 +353,10 @@ class ChunkPlanner:
         self.chunk_tokens = chunk_tokens
         self.on_exhausted = on_exhausted
         n = len(orders.sizes)
-        # estimated token counts refined by chunk index: (chunk -> stage, stage -> per-sample tokens)
+        # estimated token counts refined as the job goes: (tokens planned -> stage, stage ->
+        # per-sample tokens)
         self._staged = staged
+        self.planned = 0.0  # token mode: tokens planned so far, all components
         self.stage = 0
         self._update_mean_tokens()
         self.next_index = 0
@@ -360,6 +366,7 @@ class ChunkPlanner:
         # split_tokens are split between chunks)
         self.frac = np.zeros(n, dtype=np.float64)
         self.split_tokens = split_tokens
+        self.split_fraction = split_fraction
         self.carry = np.zeros(n, dtype=np.float64)  # samples (sample mode) or tokens (token mode)
         self.exhausted = np.zeros(n, dtype=bool)
         self.done = False
@@ -404,6 +411,7 @@ class ChunkPlanner:
             "epoch": self.epoch.tolist(),
             "pos": self.pos.tolist(),
             "frac": self.frac.tolist(),
+            "planned": self.planned,
             "carry": self.carry.tolist(),
             "exhausted": self.exhausted.tolist(),
             "done": self.done,
@@ -417,6 +425,7 @@ class ChunkPlanner:
         self.epoch = np.asarray(state["epoch"], dtype=np.int64)
         self.pos = np.asarray(state["pos"], dtype=np.int64)
         self.frac = np.asarray(state.get("frac", [0.0] * n), dtype=np.float64)
+        self.planned = float(state.get("planned", 0.0))
         self.carry = np.asarray(state["carry"], dtype=np.float64)
         self.exhausted = np.asarray(state["exhausted"], dtype=bool)
         self.done = bool(state["done"])
@@ -429,12 +438,15 @@ class ChunkPlanner:
         total = w.sum()
         return w / total if total > 0 else w
 
-    def token_budget(self, weights: np.ndarray) -> float:
-        """Tokens in a chunk at these weights: ``chunk_tokens``, else ``chunk_size`` samples' worth."""
+    def token_budget(self, weights: np.ndarray, index: int | None = None) -> float:
+        """Tokens in chunk ``index`` at these weights: ``chunk_tokens``, else ``chunk_size``
+        samples' worth, ramped up over the first chunks (1/16, 1/8, 1/4, 1/2 of it) so that a
+        stream's first sequence needs only a small chunk read and tokenized."""
         if self.chunk_tokens is not None:
             return float(self.chunk_tokens)
         samples_per_token = float((weights / np.maximum(self._mean_tokens, 1e-9)).sum())
-        return self.chunk_size / max(samples_per_token, 1e-12)
+        ramp = 1.0 if index is None else min(1.0, 2.0**index / RAMP_UP)
+        return ramp * self.chunk_size / max(samples_per_token, 1e-12)
 
     def next_chunk(self, materialize: bool = True) -> Chunk | None:
         """Plan the next chunk (advance cursors); None once the stream has ended."""
@@ -442,7 +454,7 @@ class ChunkPlanner:
             return None
         index = self.next_index
         if self._staged is not None:
-            self._set_stage(self._staged[0](index), carry_over=True)
+            self._set_stage(self._staged[0](self.planned), carry_over=True)
         weights = self._weights(index)
         if weights.sum() <= 0:
             self.done = True
@@ -560,11 +572,11 @@ class ChunkPlanner:
     def _fill_tokens(self, weights: np.ndarray, materialize: bool) -> bool:
         """Token mode: the chunk's token budget split by the weights, plus each component's carry;
         each quota is filled up to the nearest document boundary, or exactly by splitting a
-        document longer than ``split_tokens`` and a sixteenth of the budget. False: the stream
+        document longer than ``split_tokens`` and ``split_fraction`` of the budget. False: the stream
         ended."""
         orders = self.orders
-        budget = self.token_budget(weights)
-        split_above = max(self.split_tokens, budget / 16)
+        budget = self.token_budget(weights, self.next_index)
+        split_above = max(self.split_tokens, budget * self.split_fraction)
         target = np.where(weights > 0, weights * budget + self.carry, 0.0)
         if self.on_exhausted == "stop":
             for c in np.flatnonzero(target > 0).tolist():
@@ -616,6 +628,7 @@ class ChunkPlanner:
             self._move(c, new_pos, new_frac, materialize)
             taken[c] += got
         self.carry = np.where(self.exhausted, 0.0, target - taken)
+        self.planned += float(taken.sum())
         return True
 
     def _cursor_tokens(self, c: int) -> float:

@@ -289,8 +289,10 @@ class Job:
             self.spec.on_exhausted,
             self.spec.chunk_tokens,
             staged,
-            # documents longer than a sequence may be split between chunks (packing splits them anyway)
+            # documents longer than a sequence may be split between chunks (packing splits them
+            # anyway); on the fly only long ones (each part costs tokenizing the whole document)
             split_tokens=float(self.spec.seq_len + 1) if self.spec.seq_len else float("inf"),
+            split_fraction=0.0 if self.sample_tokens is not None else 1 / 16,
         )
 
     @property

@@ -15,15 +15,14 @@ estimated here, deterministically:
   their bytes, shrunk towards the component's ratio when a file has few measured documents;
   files nobody measured take the component's ratio. A sample's tokens are then
   ``bytes * ratio(file) + BOS/EOS``.
-* **Refined in stages, by chunk index.** Stage 0 measures ``token_estimate_samples / 64``
+* **Refined in stages, by tokens planned.** Stage 0 measures ``token_estimate_samples / 64``
   windows per component, so a job starts at once; stages 1, 2 and 3 a sixteenth, a quarter
-  and all of them, each a superset of the one before. Stage ``k`` is in force from chunk ``k * stage_gap``
-  on (``2 * dp_groups * num_workers``: about two chunks per stream); stage 0 is measured when
-  the first chunk is planned, the later stages in a background thread while the stream runs.
-  When a planner enters a
-  new stage it re-counts, with the better ratios, the tokens it has already handed out and
-  carries the difference, so the early error is paid back. Every process that plans computes
-  the same stages from the same seed: the result is a function of the plan, never of timing.
+  and all of them, each a superset of the one before, in force once the job has planned
+  64 k, 256 k and 512 k tokens. Stage 0 is measured when the first chunk is planned, the later
+  stages in a background thread while the stream runs. When a planner enters a new stage it
+  re-counts, with the better ratios, the tokens it has already planned and carries the
+  difference, so the early error is paid back. Every process that plans computes the same
+  stages from the same seed: the result is a function of the plan, never of timing.
 
 Because the planner fills token quotas from per-sample counts and carries the difference
 (see :mod:`mixtera_core.chunking`), documents of different lengths do not bias the shares.
@@ -50,8 +49,10 @@ from .streaming import _FileReaders, document_specials, load_tokenizer, record_t
 TOKENS_DIR = "tokens"
 #: Characters of a measured document that are tokenized (a window at a seeded offset).
 WINDOW_CHARS = 512
-#: Stage k measures token_estimate_samples // STAGE_DIVISORS[k] windows per component.
+#: Stage k measures token_estimate_samples // STAGE_DIVISORS[k] windows per component ...
 STAGE_DIVISORS = (64, 16, 4, 1)
+#: ... and is in force once the job has planned STAGE_TOKENS[k] tokens.
+STAGE_TOKENS = (0, 1 << 16, 1 << 18, 1 << 19)
 #: Weight, in documents, of the component's ratio when a file's own ratio is estimated.
 SHRINK_SAMPLES = 2.0
 
@@ -135,7 +136,6 @@ class TokenEstimator:
         self.job = job
         spec = job.spec
         self.recorded = np.asarray(job.sample_bytes, dtype=np.float64)
-        self.gap = max(2, 2 * spec.dp_groups * spec.num_workers)
         self.budgets = [max(4, spec.token_estimate_samples // d) for d in STAGE_DIVISORS]
         self._sizes: dict[int, np.ndarray] = {}
         self._components: list[_Component] | None = None
@@ -165,8 +165,9 @@ class TokenEstimator:
     def stages(self) -> int:
         return len(self.budgets)
 
-    def stage_of(self, chunk_index: int) -> int:
-        return min(chunk_index // self.gap, self.stages - 1)
+    def stage_of(self, planned_tokens: float) -> int:
+        """The stage in force once ``planned_tokens`` tokens (all components) are planned."""
+        return max(k for k, start in enumerate(STAGE_TOKENS[: self.stages]) if planned_tokens >= start)
 
     def sizes(self, stage: int) -> np.ndarray:
         """Estimated tokens per sample (interval order) under ``stage``'s measurements.
