@@ -276,7 +276,9 @@ class Job:
         if self.spec.token_mode and self.sample_tokens is None and self.sample_bytes is None:
             raise MixteraError(
                 f"job {self.spec.job_id!r} has no token counts here: token-mode chunks are planned "
-                f"where the job was built (its process, DB_DIR or server)"
+                f"where the job was built (its process, DB_DIR or server); a token-mode job saved by "
+                f"a Mixtera before token counts ({TOKENS_FILE}/{BYTES_FILE}) cannot be planned: execute "
+                f"it again under a new job id"
             )
         staged = None
         if self.sample_tokens is None and self.sample_bytes is not None:
