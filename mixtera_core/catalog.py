@@ -3,15 +3,27 @@
 Layout (in ``DB_DIR/catalog.duckdb``)::
 
     datasets(id, name, location, format, parser, parser_options, num_files, num_samples, num_skipped)
-    files(id, dataset_id, path, num_samples, num_skipped, size_bytes, read_index, sample_bytes)
+    files(id, dataset_id, path, num_samples, num_skipped, size_bytes, read_index, sample_bytes,
+          mtime_ns, content_hash)
     samples(dataset_id, file_id, sample_index, <one nullable column per property>)
     properties(name, type)                 -- the property columns of ``samples``
     dataset_properties(dataset_id, name)   -- which dataset uses which property
     meta(key, value)                       -- schema version, catalog version
 
-A registration runs inside one transaction: a failure anywhere (a malformed line in the
-last file, a type clash) rolls back everything, so the catalog never holds half a
-dataset. The catalog version increases with every committed change; jobs record it.
+A registration scans its files first (in a thread pool, without holding the catalog lock),
+then checks and writes in one transaction, one writer at a time: whether the name is taken
+and whether the declared property types agree with the catalog are decided inside that
+transaction, so of two concurrent registrations of one name exactly one succeeds (the other
+gets :class:`~mixtera_core.errors.DatasetExistsError`). A failure anywhere (a malformed line
+in the last file, a parser exception, a type clash) rolls back everything, so the catalog
+never holds half a dataset. The catalog version increases with every committed change; jobs
+record it. Within a process every :class:`Catalog` of one file shares one lock; DuckDB lets
+only one process open the file (another gets :class:`~mixtera_core.errors.CatalogLockedError`).
+
+``files.size_bytes``, ``files.mtime_ns`` and ``files.content_hash`` are what registration saw
+of each file (:class:`FileFingerprint`); streams refuse a file that no longer matches
+(:class:`~mixtera_core.errors.FileChangedError`). ``mtime_ns``/``content_hash`` are NULL for
+files registered before the columns existed: those get the size check only.
 
 ``files.sample_bytes`` holds every sample's size in bytes (see
 :class:`~mixtera_core.interfaces.FileScan`) as a zstd-compressed little-endian ``uint32``
@@ -22,11 +34,13 @@ when the format did not tell (and for files registered before the column existed
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +50,14 @@ import numpy as np
 import pyarrow as pa
 import zstandard
 
-from .errors import DatasetExistsError, InvalidPropertyError, MixteraError, UnknownDatasetError
+from .errors import (
+    CatalogLockedError,
+    DatasetExistsError,
+    FileChangedError,
+    InvalidPropertyError,
+    MixteraError,
+    UnknownDatasetError,
+)
 from .interfaces import ON_ERROR_CHOICES, DatasetFormat, FileScan, MetadataParser
 from .locations import resolve_files
 from .properties import PropertyType, type_from_duckdb, validate_property_name
@@ -57,6 +78,102 @@ class DatasetInfo:
     num_skipped: int
 
 
+#: Bytes hashed at each end of a file for its content fingerprint.
+FINGERPRINT_BLOCK = 64 * 1024
+#: How a format's files are fingerprinted: ``"ends"`` hashes the first and the last
+#: FINGERPRINT_BLOCK bytes (the whole file when it is at most twice that), ``"footer"`` the last
+#: FINGERPRINT_BLOCK bytes only (parquet: the footer metadata describes every row group). A
+#: format plugin chooses with a ``fingerprint_region`` class attribute (default ``"ends"``).
+FINGERPRINT_REGIONS = ("ends", "footer")
+
+
+@dataclass(frozen=True)
+class FileFingerprint:
+    """What registration saw of a data file: its size, modification time and a content hash.
+
+    ``content_hash`` is ``"<region>:blake2b:<hex>"`` (see FINGERPRINT_REGIONS). ``mtime_ns`` and
+    ``content_hash`` are None for files registered before fingerprints existed: those are only
+    checked for their size.
+    """
+
+    size: int
+    mtime_ns: int | None = None
+    content_hash: str | None = None
+
+    @classmethod
+    def of(cls, path: str, region: str = "ends") -> FileFingerprint:
+        """The fingerprint of ``path`` as it is now."""
+        st = os.stat(path)
+        return cls(int(st.st_size), int(st.st_mtime_ns), _content_hash(path, region, int(st.st_size)))
+
+    def verify(self, path: str) -> None:
+        """Raise :class:`~mixtera_core.errors.FileChangedError` when ``path`` no longer matches.
+
+        Cheap enough to call on every open: a ``stat`` compares the size; the content hash (at
+        most 128 KiB read) is computed once per process for each state (size, mtime, ctime,
+        inode) of the file, so a file is hashed again only after it was written or touched. A
+        file rewritten with the same size and new content is refused even when its mtime was
+        restored (the ctime moves); a file merely touched is hashed once more and accepted.
+        """
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise FileChangedError(path, "it no longer exists") from None
+        if st.st_size != self.size:
+            raise FileChangedError(path, f"its size is {st.st_size} bytes, registration saw {self.size}")
+        if self.content_hash is None:
+            return  # registered before fingerprints: the size is all we know
+        region = self.content_hash.split(":", 1)[0]
+        if region not in FINGERPRINT_REGIONS:
+            return  # written by a newer Mixtera: the size check is all this one can do
+        # ctime too: a rewrite that restores the mtime (os.utime) still moves the ctime
+        state = (int(st.st_size), int(st.st_mtime_ns), int(st.st_ctime_ns), int(st.st_ino))
+        key = (path, self)
+        with _VERIFIED_LOCK:
+            if _VERIFIED.get(key) == state:
+                return
+        now = _content_hash(path, region, int(st.st_size))
+        if now != self.content_hash:
+            mtime = (
+                "and modification time"
+                if st.st_mtime_ns == self.mtime_ns
+                else f"but modification time {st.st_mtime_ns} ns (was {self.mtime_ns})"
+            )
+            raise FileChangedError(
+                path, f"same size ({st.st_size} bytes) {mtime}, but its content differs (content hash)"
+            )
+        with _VERIFIED_LOCK:
+            if len(_VERIFIED) >= _VERIFIED_MAX:
+                _VERIFIED.clear()
+            _VERIFIED[key] = state
+
+
+# (path, fingerprint) -> the (size, mtime_ns, ctime_ns, inode) whose content hash matched, in
+# this process
+_VERIFIED: dict[tuple[str, FileFingerprint], tuple[int, int, int, int]] = {}
+_VERIFIED_LOCK = threading.Lock()
+_VERIFIED_MAX = 1 << 20
+
+
+def _content_hash(path: str, region: str, size: int) -> str:
+    """``"<region>:blake2b:<hex>"`` of ``path`` (``size`` bytes long); see FINGERPRINT_REGIONS."""
+    if region not in FINGERPRINT_REGIONS:
+        raise ValueError(f"fingerprint region must be one of {FINGERPRINT_REGIONS}, got {region!r}")
+    h = hashlib.blake2b(digest_size=16)
+    block = FINGERPRINT_BLOCK
+    with open(path, "rb") as fh:
+        if region == "footer":
+            fh.seek(max(size - block, 0))
+            h.update(fh.read(min(size, block)))
+        elif size <= 2 * block:
+            h.update(fh.read(size))
+        else:
+            h.update(fh.read(block))
+            fh.seek(size - block)
+            h.update(fh.read(block))
+    return f"{region}:blake2b:{h.hexdigest()}"
+
+
 @dataclass(frozen=True)
 class FileInfo:
     id: int
@@ -64,6 +181,8 @@ class FileInfo:
     path: str
     format: str
     num_samples: int
+    #: what registration saw of the file; None when its size was not recorded either
+    fingerprint: FileFingerprint | None = None
 
 
 @dataclass
@@ -90,17 +209,29 @@ ProgressCallback = Callable[[str, int, int], None]  # (path, files done, files t
 class Catalog:
     """One DuckDB database holding the metadata of every registered dataset.
 
-    Thread-safe for use by one process: calls are serialized on an internal lock (DuckDB
-    allows one writer per database file).
+    Thread-safe for use by one process: calls are serialized on a lock that every Catalog of
+    the same file in this process shares (DuckDB allows one writer process per database file;
+    another process opening it gets :class:`~mixtera_core.errors.CatalogLockedError`).
     """
 
     def __init__(self, db_dir: str | os.PathLike[str]) -> None:
         self.db_dir = os.path.abspath(os.fspath(db_dir))
         os.makedirs(self.db_dir, exist_ok=True)
         self.path = os.path.join(self.db_dir, CATALOG_FILE)
-        self._con = duckdb.connect(self.path)
-        self._lock = threading.RLock()
-        self._init_schema()
+        self._lock = _lock_for(self.path)
+        with self._lock:
+            self._con = _connect(self.path)
+            try:
+                self._init_schema()
+            except BaseException:
+                self._con.close()
+                raise
+            _OPEN_CATALOGS[os.path.realpath(self.db_dir)] = self
+
+    @classmethod
+    def opened(cls, db_dir: str | os.PathLike[str]) -> Catalog | None:
+        """A Catalog of ``db_dir`` open in this process, or None."""
+        return _OPEN_CATALOGS.get(os.path.realpath(os.fspath(db_dir)))
 
     # ------------------------------------------------------------------ setup
 
@@ -123,6 +254,9 @@ class Catalog:
             # Added without a schema-version bump: catalogs created before it get the column
             # (NULL, i.e. unknown, for the files they hold).
             c.execute("ALTER TABLE files ADD COLUMN IF NOT EXISTS sample_bytes BLOB")
+            # the file fingerprints (see FileFingerprint), likewise NULL for older files
+            c.execute("ALTER TABLE files ADD COLUMN IF NOT EXISTS mtime_ns BIGINT")
+            c.execute("ALTER TABLE files ADD COLUMN IF NOT EXISTS content_hash VARCHAR")
             c.execute("""CREATE TABLE IF NOT EXISTS samples (
                 dataset_id INTEGER NOT NULL, file_id BIGINT NOT NULL, sample_index BIGINT NOT NULL)""")
             c.execute(
@@ -137,6 +271,9 @@ class Catalog:
     def close(self) -> None:
         with self._lock:
             self._con.close()
+            key = os.path.realpath(self.db_dir)
+            if _OPEN_CATALOGS.get(key) is self:
+                del _OPEN_CATALOGS[key]
 
     @contextmanager
     def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -166,8 +303,7 @@ class Catalog:
 
     def property_types(self) -> dict[str, PropertyType]:
         with self._lock:
-            rows = self._con.execute("SELECT name, type FROM properties ORDER BY name").fetchall()
-        return {name: type_from_duckdb(t) for name, t in rows}
+            return _property_types(self._con)
 
     def list_datasets(self) -> list[DatasetInfo]:
         with self._lock:
@@ -178,14 +314,21 @@ class Catalog:
         return [DatasetInfo(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6], r[7]) for r in rows]
 
     def files(self, file_ids: Sequence[int] | None = None) -> dict[int, FileInfo]:
-        sql = "SELECT f.id, d.name, f.path, d.format, f.num_samples FROM files f JOIN datasets d ON f.dataset_id = d.id"
+        sql = (
+            "SELECT f.id, d.name, f.path, d.format, f.num_samples, f.size_bytes, f.mtime_ns, f.content_hash "
+            "FROM files f JOIN datasets d ON f.dataset_id = d.id"
+        )
         params: list[Any] = []
         if file_ids is not None:
             sql += " WHERE list_contains(?::BIGINT[], f.id)"
             params.append([int(i) for i in file_ids])
         with self._lock:
             rows = self._con.execute(sql + " ORDER BY f.id", params).fetchall()
-        return {r[0]: FileInfo(*r) for r in rows}
+        out = {}
+        for fid, dataset, path, fmt, n, size, mtime_ns, content_hash in rows:
+            fp = None if size is None else FileFingerprint(int(size), mtime_ns, content_hash)
+            out[fid] = FileInfo(fid, dataset, path, fmt, n, fp)
+        return out
 
     def read_index(self, file_id: int) -> bytes | None:
         with self._lock:
@@ -245,7 +388,17 @@ class Catalog:
         workers: int | None = None,
         progress: ProgressCallback | None = None,
     ) -> RegistrationReport:
-        """Scan every file of ``location`` with ``fmt``/``parser`` and add the dataset atomically."""
+        """Scan every file of ``location`` with ``fmt``/``parser`` and add the dataset atomically.
+
+        The files are scanned (and fingerprinted) by ``workers`` threads without holding the
+        catalog lock; then, in one transaction under the lock, the name and the property types
+        are checked again and everything is written. So two concurrent registrations of one
+        name (threads, or clients of one server) cannot both succeed: the later one raises
+        :class:`~mixtera_core.errors.DatasetExistsError` (``replace=False``), and a property
+        declared with another type than the catalog's raises
+        :class:`~mixtera_core.errors.InvalidPropertyError`. Any failure leaves the catalog as
+        it was.
+        """
         if not isinstance(name, str) or not name.strip():
             raise ValueError(f"dataset name must be a non-empty string, got {name!r}")
         if on_error not in ON_ERROR_CHOICES:
@@ -259,83 +412,178 @@ class Catalog:
         schema = parser.schema
         for prop in schema:
             validate_property_name(prop)
-        if not replace and self._dataset_id(name) is not None:
-            raise DatasetExistsError(
-                f"dataset {name!r} is registered already; pass replace=True to re-register it"
+        region = getattr(fmt, "fingerprint_region", "ends")
+        if region not in FINGERPRINT_REGIONS:
+            raise MixteraError(
+                f"format plugin {fmt.name!r} has fingerprint_region {region!r}; "
+                f"it must be one of {FINGERPRINT_REGIONS} (a bug in the format plugin)"
             )
-        existing = self.property_types()
-        for prop, ptype in schema.items():
-            if prop in existing and existing[prop] != ptype:
-                raise InvalidPropertyError(
-                    f"property {prop!r} is {existing[prop].name} in the catalog but parser {parser_name!r} "
-                    f"declares {ptype.name}; use the same type or another property name"
-                )
+        # Fail fast, before the (slow) scan; decided again inside the transaction below.
+        with self._lock:
+            self._check_registrable(self._con, name, schema, parser_name, replace)
         paths = resolve_files(location, fmt.matches, fmt.name, fmt.suffixes)
         report = RegistrationReport(dataset=name, properties={p: t.name for p, t in schema.items()})
         workers = max(1, workers or min(len(paths), os.cpu_count() or 1))
         record_props = set(parser.record_schema())
 
-        def scan(path: str) -> tuple[FileScan, bytes | None]:
+        def scan(path: str) -> _Scanned:
+            before = FileFingerprint.of(path, region)
             result = _with_file_properties(
                 fmt.scan(path, parser, on_error), path, parser, schema, record_props
             )
-            return result, _encode_sizes(result)  # compressed in the worker, off the insert path
-
-        with self._transaction() as c, ThreadPoolExecutor(max_workers=workers) as pool:
-            old = self._dataset_id(name)
-            if old is not None:
-                self._delete_dataset(c, old)
-                existing = self.property_types()  # the old dataset's own properties are gone
-            for prop, ptype in schema.items():
-                if prop not in existing:
-                    c.execute(f"ALTER TABLE samples ADD COLUMN {_q(prop)} {ptype.duckdb}")
-                    c.execute("INSERT INTO properties VALUES (?, ?)", [prop, ptype.duckdb])
-            dataset_id = _one(c.execute("SELECT coalesce(max(id), 0) + 1 FROM datasets"))
-            next_file = _one(c.execute("SELECT coalesce(max(id), 0) + 1 FROM files"))
-            c.execute(
-                "INSERT INTO datasets VALUES (?, ?, ?, ?, ?, ?, 0, 0, 0)",
-                [dataset_id, name, _location_str(location), fmt.name, parser_name, options_json],
-            )
-            c.executemany("INSERT INTO dataset_properties VALUES (?, ?)", [[dataset_id, p] for p in schema])
-            # map() keeps file order, so file ids are a function of the sorted paths alone.
-            for i, (path, (result, sizes)) in enumerate(zip(paths, pool.map(scan, paths), strict=True)):
-                file_id = next_file + i
-                c.execute(
-                    "INSERT INTO files (id, dataset_id, path, num_samples, num_skipped, size_bytes, "
-                    "read_index, sample_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        file_id,
-                        dataset_id,
-                        path,
-                        result.num_samples,
-                        result.skipped,
-                        os.path.getsize(path),
-                        result.read_index,
-                        sizes,
-                    ],
+            st = os.stat(path)
+            if (st.st_size, st.st_mtime_ns) != (before.size, before.mtime_ns):
+                raise FileChangedError(
+                    path,
+                    "it was modified while it was being registered; register the dataset once it is complete",
                 )
-                n = result.num_samples
-                if n:
-                    batch = result.properties.add_column(
-                        0, "dataset_id", pa.repeat(pa.scalar(dataset_id, pa.int32()), n)
-                    )
-                    batch = batch.add_column(1, "file_id", pa.repeat(pa.scalar(file_id, pa.int64()), n))
-                    c.register("_mixtera_batch", batch)
-                    c.execute("INSERT INTO samples BY NAME SELECT * FROM _mixtera_batch")
-                    c.unregister("_mixtera_batch")
-                report.files += 1
-                report.samples += n
-                report.skipped += result.skipped
-                if result.skipped:
-                    report.skipped_by_file[path] = result.skipped
-                if progress is not None:
-                    progress(path, i + 1, len(paths))
-            c.execute(
-                "UPDATE datasets SET num_files = ?, num_samples = ?, num_skipped = ? WHERE id = ?",
-                [report.files, report.samples, report.skipped, dataset_id],
-            )
-            self._bump_version(c)
+            return _Scanned(result, _encode_sizes(result), before)  # sizes compressed off the insert path
+
+        scanned = _scan_all(paths, scan, workers, progress)
+        try:
+            with self._transaction() as c:
+                old = self._check_registrable(c, name, schema, parser_name, replace)
+                if old is not None:
+                    self._delete_dataset(c, old)
+                existing = _property_types(c)  # without the replaced dataset's own properties
+                self._check_types(c, name, schema, parser_name, existing)
+                self._insert(
+                    c, name, location, fmt, parser_name, options_json, schema, paths, scanned, report
+                )
+                self._bump_version(c)
+        except duckdb.Error as e:
+            raise MixteraError(
+                f"registering dataset {name!r} failed in the catalog {self.path} ({type(e).__name__}: {e}); "
+                f"nothing was written. Try again; if it persists, check the catalog file"
+            ) from e
         return report
+
+    def _insert(
+        self,
+        c: duckdb.DuckDBPyConnection,
+        name: str,
+        location: Any,
+        fmt: DatasetFormat,
+        parser_name: str,
+        options_json: str,
+        schema: dict[str, PropertyType],
+        paths: list[str],
+        scanned: list[_Scanned],
+        report: RegistrationReport,
+    ) -> None:
+        """Write a scanned dataset (inside the registration's transaction)."""
+        existing = _property_types(c)
+        for prop, ptype in schema.items():
+            if prop not in existing:
+                c.execute(f"ALTER TABLE samples ADD COLUMN {_q(prop)} {ptype.duckdb}")
+                c.execute("INSERT INTO properties VALUES (?, ?)", [prop, ptype.duckdb])
+        dataset_id = _one(c.execute("SELECT coalesce(max(id), 0) + 1 FROM datasets"))
+        next_file = _one(c.execute("SELECT coalesce(max(id), 0) + 1 FROM files"))
+        c.execute(
+            "INSERT INTO datasets VALUES (?, ?, ?, ?, ?, ?, 0, 0, 0)",
+            [dataset_id, name, _location_str(location), fmt.name, parser_name, options_json],
+        )
+        c.executemany("INSERT INTO dataset_properties VALUES (?, ?)", [[dataset_id, p] for p in schema])
+        # file ids follow the sorted paths, so they are a function of the paths alone
+        for i, (path, item) in enumerate(zip(paths, scanned, strict=True)):
+            result, fp = item.scan, item.fingerprint
+            file_id = next_file + i
+            c.execute(
+                "INSERT INTO files (id, dataset_id, path, num_samples, num_skipped, size_bytes, "
+                "read_index, sample_bytes, mtime_ns, content_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    file_id,
+                    dataset_id,
+                    path,
+                    result.num_samples,
+                    result.skipped,
+                    fp.size,
+                    result.read_index,
+                    item.sizes,
+                    fp.mtime_ns,
+                    fp.content_hash,
+                ],
+            )
+            n = result.num_samples
+            if n:
+                batch = result.properties.add_column(
+                    0, "dataset_id", pa.repeat(pa.scalar(dataset_id, pa.int32()), n)
+                )
+                batch = batch.add_column(1, "file_id", pa.repeat(pa.scalar(file_id, pa.int64()), n))
+                c.register("_mixtera_batch", batch)
+                try:
+                    c.execute("INSERT INTO samples BY NAME SELECT * FROM _mixtera_batch")
+                finally:
+                    c.unregister("_mixtera_batch")
+            report.files += 1
+            report.samples += n
+            report.skipped += result.skipped
+            if result.skipped:
+                report.skipped_by_file[path] = result.skipped
+        c.execute(
+            "UPDATE datasets SET num_files = ?, num_samples = ?, num_skipped = ? WHERE id = ?",
+            [report.files, report.samples, report.skipped, dataset_id],
+        )
+
+    def _check_registrable(
+        self,
+        c: duckdb.DuckDBPyConnection,
+        name: str,
+        schema: dict[str, PropertyType],
+        parser_name: str,
+        replace: bool,
+    ) -> int | None:
+        """Raise unless ``name`` may be registered with ``schema``; the id of the dataset a
+        ``replace`` removes, or None. Hold the lock (inside the transaction for the final say)."""
+        row = _first(c.execute("SELECT id FROM datasets WHERE name = ?", [name]))
+        old = None if row is None else int(row[0])
+        if old is not None and not replace:
+            raise DatasetExistsError(
+                f"dataset {name!r} is registered already; pass replace=True to re-register it"
+            )
+        # the types of the properties other datasets use (a replaced dataset's own may change)
+        rows = c.execute(
+            "SELECT DISTINCT p.name, p.type FROM properties p JOIN dataset_properties dp ON dp.name = p.name "
+            "WHERE dp.dataset_id IS DISTINCT FROM ?",
+            [old],
+        ).fetchall()
+        self._check_types(c, name, schema, parser_name, {p: type_from_duckdb(t) for p, t in rows}, old)
+        return old
+
+    @staticmethod
+    def _check_types(
+        c: duckdb.DuckDBPyConnection,
+        name: str,
+        schema: dict[str, PropertyType],
+        parser_name: str,
+        existing: dict[str, PropertyType],
+        replaced: int | None = None,
+    ) -> None:
+        """Raise InvalidPropertyError for the first property ``schema`` declares with another
+        type than ``existing``; the message names the datasets (but ``replaced``) using it."""
+        for prop, ptype in schema.items():
+            have = existing.get(prop)
+            if have is None or have == ptype:
+                continue
+            users = [
+                r[0]
+                for r in c.execute(
+                    "SELECT DISTINCT d.name FROM dataset_properties dp JOIN datasets d ON d.id = dp.dataset_id "
+                    "WHERE dp.name = ? AND d.id IS DISTINCT FROM ? ORDER BY d.name",
+                    [prop, replaced],
+                ).fetchall()
+            ]
+            if len(users) == 1:
+                used_by = f"dataset {users[0]!r} uses it"
+            elif users:
+                used_by = f"datasets {', '.join(map(repr, users))} use it"
+            else:
+                used_by = "the catalog has it"
+            raise InvalidPropertyError(
+                f"property {prop!r} is {have.name} in the catalog but parser {parser_name!r} declares "
+                f"{ptype.name} for dataset {name!r} ({used_by} as {have.name}); declare it as {have.name}, "
+                f"use another property name, or remove the datasets that use it first"
+            )
 
     def remove(self, name: str) -> None:
         """Remove a dataset, its files and samples; drop properties no other dataset uses."""
@@ -371,6 +619,71 @@ class Catalog:
 
     def _bump_version(self, c: duckdb.DuckDBPyConnection) -> None:
         c.execute("UPDATE meta SET value = CAST(CAST(value AS BIGINT) + 1 AS VARCHAR) WHERE key = 'version'")
+
+
+# one lock per catalog file in this process: every Catalog of that file shares it, so that their
+# transactions (DuckDB shares one database between the connections of a process) never overlap
+_LOCKS: dict[str, threading.RLock] = {}
+_LOCKS_GUARD = threading.Lock()
+# the Catalog objects open in this process, by real DB_DIR (see Catalog.opened)
+_OPEN_CATALOGS: weakref.WeakValueDictionary[str, Catalog] = weakref.WeakValueDictionary()
+
+
+def _lock_for(path: str) -> threading.RLock:
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(os.path.realpath(path), threading.RLock())
+
+
+def _connect(path: str) -> duckdb.DuckDBPyConnection:
+    """``duckdb.connect(path)``; a file another process holds raises CatalogLockedError."""
+    try:
+        return duckdb.connect(path)
+    except duckdb.Error as e:
+        msg = str(e)
+        if "lock" in msg.lower():
+            raise CatalogLockedError(
+                f"the catalog {path} is open in another process ({msg.splitlines()[0]}). DuckDB lets one "
+                f"process open a catalog: register and read through that process (e.g. serve the catalog "
+                f"with mixtera-server and use MixteraClient.remote), or close it first"
+            ) from None
+        raise MixteraError(f"cannot open the catalog {path}: {type(e).__name__}: {e}") from e
+
+
+def _property_types(c: duckdb.DuckDBPyConnection) -> dict[str, PropertyType]:
+    rows = c.execute("SELECT name, type FROM properties ORDER BY name").fetchall()
+    return {name: type_from_duckdb(t) for name, t in rows}
+
+
+@dataclass
+class _Scanned:
+    """One file scanned for registration: its scan, encoded sample sizes and fingerprint."""
+
+    scan: FileScan
+    sizes: bytes | None
+    fingerprint: FileFingerprint
+
+
+def _scan_all(
+    paths: list[str],
+    scan: Callable[[str], _Scanned],
+    workers: int,
+    progress: ProgressCallback | None,
+) -> list[_Scanned]:
+    """``scan`` every path in a thread pool (in path order); the first failure cancels the files
+    not started yet and is raised once the running ones have finished."""
+    out: list[_Scanned] = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures: list[Future[_Scanned]] = [pool.submit(scan, p) for p in paths]
+        try:
+            for i, (path, fut) in enumerate(zip(paths, futures, strict=True)):
+                out.append(fut.result())
+                if progress is not None:
+                    progress(path, i + 1, len(paths))
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
+    return out
 
 
 def _first(cursor: duckdb.DuckDBPyConnection) -> tuple[Any, ...] | None:

@@ -107,3 +107,26 @@ class TokenIndexStaleError(TokenIndexError):
 class TokenIndexManifestError(TokenIndexError):
     """A token index directory's ``manifest.json`` is corrupt or disagrees with the settings
     asked for (tokenizer, BOS/EOS, text field)."""
+
+
+class FileChangedError(CorruptFileError):
+    """A data file differs from what registration recorded (size, modification time or
+    content fingerprint): the catalog's indices no longer describe it.
+
+    The message names the file and says to re-register the dataset. A subclass of
+    :class:`CorruptFileError`, which the formats raised for a changed size before."""
+
+    def __init__(self, path: str, reason: str):
+        self.path = path
+        self.reason = reason
+        MixteraError.__init__(
+            self,
+            f"{path}: the file changed since it was registered ({reason}); its indices in the catalog "
+            f"no longer describe it. Restore the file, or re-register the dataset "
+            f"(register_dataset(..., replace=True)) and start a new job",
+        )
+
+
+class CatalogLockedError(MixteraError):
+    """The catalog database is open in another process (DuckDB allows one writer process per
+    file). Close the other process, or share the catalog through a server."""

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from .catalog import Catalog
+from .catalog import Catalog, FileFingerprint
 from .chunking import ON_EXHAUSTED, ChunkPlanner, ComponentOrders
 from .errors import MixteraError
 from .index import ChunkerIndex, build_chunker_index
@@ -200,6 +200,16 @@ class FileEntry:
     path: str
     format: str
     read_index: bytes | None
+    # what registration saw of the file (size, mtime, content hash); None in jobs saved before
+    # fingerprints existed: their files are not checked here (the formats still compare sizes)
+    fingerprint: FileFingerprint | None = None
+
+    def check_unchanged(self) -> None:
+        """Raise :class:`~mixtera_core.errors.FileChangedError` when the file no longer is what
+        registration saw. Cheap on every open: a ``stat``, and a content hash once per process
+        for each state of the file (see :meth:`FileFingerprint.verify`)."""
+        if self.fingerprint is not None:
+            self.fingerprint.verify(self.path)
 
 
 @dataclass
@@ -420,6 +430,10 @@ class Job:
                 "path": [f.path for f in self.files.values()],
                 "format": [f.format for f in self.files.values()],
                 "read_index": pa.array([f.read_index for f in self.files.values()], pa.binary()),
+                # the fingerprints (null where unknown); job files written before lack these columns
+                "size_bytes": pa.array([_fp(f, "size") for f in self.files.values()], pa.int64()),
+                "mtime_ns": pa.array([_fp(f, "mtime_ns") for f in self.files.values()], pa.int64()),
+                "content_hash": pa.array([_fp(f, "content_hash") for f in self.files.values()], pa.string()),
             }
         )
         buf = io.BytesIO()
@@ -434,7 +448,15 @@ class Job:
         files_t = ipc.open_stream(files_bytes).read_all()
         spec = JobSpec.from_json(meta["spec"])
         files = {
-            int(r["file_id"]): FileEntry(r["path"], r["format"], r["read_index"]) for r in files_t.to_pylist()
+            int(r["file_id"]): FileEntry(
+                r["path"],
+                r["format"],
+                r["read_index"],
+                None
+                if r.get("size_bytes") is None
+                else FileFingerprint(int(r["size_bytes"]), r.get("mtime_ns"), r.get("content_hash")),
+            )
+            for r in files_t.to_pylist()
         }
         comps = [MixtureKey.of_component(index.component_values(c)) for c in range(index.num_components)]
         resolved = Mixture.from_json(spec.mixture).resolve(comps, index.component_sizes(), 0)
@@ -571,6 +593,11 @@ def _atomic_write(path: str, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _fp(entry: FileEntry, attr: str) -> Any:
+    """One attribute of a file entry's fingerprint, or None (for the job's files table)."""
+    return None if entry.fingerprint is None else getattr(entry.fingerprint, attr)
+
+
 def build_job(catalog: Catalog, spec: JobSpec) -> Job:
     """Resolve a spec against the catalog (index, weights, files). Token calibration is separate."""
     mixture = Mixture.from_json(spec.mixture)
@@ -589,7 +616,10 @@ def build_job(catalog: Catalog, spec: JobSpec) -> Job:
             log.add(chunk, mixture.resolve(comps, sizes, step).weights)
     file_ids = sorted(set(index.file_ids.tolist()))
     infos = catalog.files(file_ids)
-    files = {fid: FileEntry(infos[fid].path, infos[fid].format, catalog.read_index(fid)) for fid in file_ids}
+    files = {
+        fid: FileEntry(infos[fid].path, infos[fid].format, catalog.read_index(fid), infos[fid].fingerprint)
+        for fid in file_ids
+    }
     return Job(spec, index, comps, resolved, log, files, None, index.catalog_version)
 
 

@@ -116,7 +116,8 @@ class PlannerChunkSource:
 
 
 class _FileReaders:
-    """Reads sample ranges of the job's files through their format plugins."""
+    """Reads sample ranges of the job's files through their format plugins, refusing a file
+    that changed since registration (:meth:`~mixtera_core.job.FileEntry.check_unchanged`)."""
 
     def __init__(self, job: Job, plugins: PluginManager) -> None:
         self.job = job
@@ -124,12 +125,14 @@ class _FileReaders:
 
     def read(self, file_id: int, ranges: list[tuple[int, int]]) -> Iterator[tuple[int, Any]]:
         entry = self.job.files[file_id]
+        entry.check_unchanged()  # FileChangedError for a file that is no longer what was registered
         yield from self.plugins.format(entry.format).read(entry.path, ranges, entry.read_index)
 
     def read_field(
         self, file_id: int, ranges: list[tuple[int, int]], field: FieldRef
     ) -> Iterator[tuple[int, Any]]:
         entry = self.job.files[file_id]
+        entry.check_unchanged()
         yield from self.plugins.format(entry.format).read_field(entry.path, ranges, entry.read_index, field)
 
 

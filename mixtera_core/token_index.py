@@ -57,8 +57,9 @@ from typing import Any
 
 import numpy as np
 
-from .catalog import Catalog
+from .catalog import Catalog, FileFingerprint
 from .errors import (
+    FileChangedError,
     TokenIndexError,
     TokenIndexManifestError,
     TokenIndexStaleError,
@@ -331,9 +332,23 @@ class TokenIndex:
                 return False
         return True
 
-    def check(self, files: Mapping[int, str]) -> None:
+    def check(
+        self, files: Mapping[int, str], fingerprints: Mapping[int, FileFingerprint | None] | None = None
+    ) -> None:
         """Raise :class:`TokenIndexStaleError` for the first file whose size or mtime differs
-        from when it was tokenized (:class:`TokenIndexError` for one not tokenized here)."""
+        from when it was tokenized, or that no longer matches its catalog fingerprint
+        (:class:`TokenIndexError` for one not tokenized here).
+
+        ``fingerprints`` (file id -> the catalog's :class:`FileFingerprint`) default to those of
+        the catalog of this index's DB_DIR when one is open in this process; without either,
+        size and mtime are all that is compared."""
+        if fingerprints is None:
+            catalog = Catalog.opened(os.path.dirname(os.path.dirname(os.path.normpath(self.directory))))
+            if catalog is not None:
+                infos = catalog.files(list(files))
+                fingerprints = {
+                    fid: info.fingerprint for fid, info in infos.items() if info.path == files[fid]
+                }
         for fid, path in files.items():
             meta = self.file_meta(fid)
             if meta is None or meta.get("path") != path:
@@ -352,6 +367,14 @@ class TokenIndex:
                     f"it changed since it was tokenized (size {meta['size']} -> {st.st_size}, "
                     f"mtime_ns {meta['mtime_ns']} -> {st.st_mtime_ns})",
                 )
+            fp = None if fingerprints is None else fingerprints.get(fid)
+            if fp is not None:
+                try:
+                    fp.verify(path)
+                except FileChangedError as e:
+                    raise _stale(
+                        path, meta.get("dataset"), f"it changed since it was registered: {e.reason}"
+                    ) from None
 
     # ------------------------------------------------------------------ arrays
 

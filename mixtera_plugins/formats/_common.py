@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import zstandard
 
-from mixtera_core.errors import CorruptFileError, MalformedRecordError
+from mixtera_core.errors import FileChangedError, MalformedRecordError
 from mixtera_core.interfaces import ON_ERROR_CHOICES
 from mixtera_core.properties import PropertyType
 from mixtera_core.records import PropertyColumns
@@ -165,11 +165,13 @@ def unpack_index(data: bytes, kind: str, max_version: int) -> tuple[dict[str, An
 
 
 def check_unchanged(path: str, registered_size: int) -> None:
-    """Refuse to read a file whose size differs from registration: its indices would be wrong."""
-    now = os.path.getsize(path)
+    """Refuse to read a file whose size differs from registration: its indices would be wrong.
+
+    A cheap guard for every reader of the format (the catalog's fingerprint, checked by the
+    streams, also catches same-size rewrites); raises FileChangedError."""
+    try:
+        now = os.path.getsize(path)
+    except FileNotFoundError:
+        raise FileChangedError(path, "it no longer exists") from None
     if now != registered_size:
-        raise CorruptFileError(
-            path,
-            f"the file changed since it was registered (size {now} bytes, was {registered_size}); "
-            f"re-register the dataset",
-        )
+        raise FileChangedError(path, f"its size is {now} bytes, registration saw {registered_size}")

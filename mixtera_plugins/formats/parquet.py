@@ -17,6 +17,10 @@ pyarrow; a file without a ``text`` column of such a type has no sizes (None).
 row groups it intersects, batch by batch. The read index is ``None`` unless rows were
 skipped at registration; then it lists them (kind ``parquet`` container) so that reads never
 yield them.
+
+**Changed files.** The catalog fingerprints a parquet file by its footer (the last 64 KiB,
+``fingerprint_region = "footer"``); streams refuse a file whose size or footer changed since
+registration (:class:`~mixtera_core.errors.FileChangedError`).
 """
 
 from __future__ import annotations
@@ -75,6 +79,9 @@ class ParquetFormat(DatasetFormat):
 
     name = "parquet"
     suffixes = (".parquet",)
+    #: the catalog fingerprints a parquet file by its last 64 KiB: the footer metadata, which
+    #: describes (offsets, sizes, statistics) every row group
+    fingerprint_region = "footer"
 
     def __init__(self, batch_size: int = 65536, read_batch_size: int = 8192) -> None:
         """

@@ -41,7 +41,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, BinaryIO
 
 import numpy as np
-from webdataset.tariterators import base_plus_ext, meta_prefix, meta_suffix
 
 from mixtera_core.errors import CorruptFileError, MalformedRecordError
 from mixtera_core.interfaces import DatasetFormat, FileScan, MetadataParser
@@ -77,6 +76,10 @@ class _Sample:
 
 def _enumerate(path: str) -> tuple[list[_Sample], int]:
     """Group the tar's members into samples; returns (samples, file size)."""
+    # imported here: the webdataset package imports torch (seconds), which a process that
+    # never enumerates a tar should not pay for when the plugins load
+    from webdataset.tariterators import base_plus_ext, meta_prefix, meta_suffix
+
     samples: list[_Sample] = []
     cur: _Sample | None = None
     with open(path, "rb") as f:
