@@ -27,6 +27,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.slow
 def test_quick_run_mixtera_and_loop(tmp_path: Path) -> None:
     cmd = [
         sys.executable,

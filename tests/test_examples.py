@@ -23,6 +23,7 @@ def _floats(row: dict[str, str], prefix: str) -> dict[str, float]:
     return {k[len(prefix) :]: float(v) if v else float("nan") for k, v in row.items() if k.startswith(prefix)}
 
 
+@pytest.mark.slow
 def test_ado_tiny_moves_the_weights_and_changes_the_losses(tmp_path):
     pytest.importorskip("transformers")
     pytest.importorskip("matplotlib")

@@ -153,6 +153,7 @@ def test_collator_plugin_and_errors(hclient, small_bpe, tmp_path):
     assert isinstance(MixteraTrainerCallback(), TrainerCallback)
 
 
+@pytest.mark.slow
 def test_example_runs(tmp_path):
     import subprocess
     import sys
@@ -200,6 +201,7 @@ with open(f"{out}/rank{trainer.args.process_index}.json", "w") as fh:
 
 
 @pytest.mark.timeout(240)
+@pytest.mark.slow
 def test_torchrun_ddp_ranks_train_on_their_dp_groups(hclient, small_bpe, tmp_path):
     """Two processes under torchrun (gloo): rank r trains on dp_group r's stream, exactly."""
     import socket
@@ -292,6 +294,7 @@ def hetero_db(tmp_path_factory):
     return shift.make_hetero_db(tmp_path_factory.mktemp("hshift"))
 
 
+@pytest.mark.slow
 def test_feedback_shifts_the_trained_data_with_dataloader_workers(hetero_db, small_bpe, tmp_path):
     """One process, num_workers=2 (forked DataLoader workers follow the job's directory)."""
     with MixteraClient.local(hetero_db, rank=0) as client:
@@ -342,6 +345,7 @@ HF_DDP_SHIFT_SCRIPT = (
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.slow
 def test_torchrun_on_a_local_catalog_shifts_the_trained_data(hetero_db, small_bpe, tmp_path):
     """``python -m torch.distributed.run --standalone --nproc-per-node 2`` (gloo, CPU),
     ``MixteraClient.local(db)`` on both ranks; then the run resumes from its step-40 checkpoint."""
@@ -354,6 +358,7 @@ def test_torchrun_on_a_local_catalog_shifts_the_trained_data(hetero_db, small_bp
     shift.assert_resumed(ranks, RESUME_AT)
 
 
+@pytest.mark.slow
 def test_a_schedule_switched_by_the_step_is_reported_and_lands(hetero_db, small_bpe, tmp_path):
     """A ScheduleMixture without samples_per_step is sealed like a dynamic one: the callback
     reports every optimizer step (rank 0, highest consumed chunk), else the streams would stop

@@ -163,6 +163,7 @@ def test_world_size_must_match_dp_groups(lclient, small_bpe, tmp_path):
         trainer(tmp_path, 2, []).fit(TinyLM(), datamodule=dm)
 
 
+@pytest.mark.slow
 def test_example_runs(tmp_path):
 
     script = Path(__file__).resolve().parent.parent / "examples" / "lightning_train.py"
@@ -261,6 +262,7 @@ def hetero_db(tmp_path_factory):
     return shift.make_hetero_db(tmp_path_factory.mktemp("lshift"))
 
 
+@pytest.mark.slow
 def test_feedback_shifts_the_trained_data_with_dataloader_workers(hetero_db, small_bpe, tmp_path):
     """One process, num_workers=2 (forked DataLoader workers follow the job's directory)."""
     with MixteraClient.local(hetero_db, rank=0) as client:
@@ -388,6 +390,7 @@ LIGHTNING_DDP_SCRIPT = (
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("launcher", ["torchrun", "lightning"])
+@pytest.mark.slow
 def test_two_ddp_processes_on_a_local_catalog_shift_the_trained_data(
     hetero_db, small_bpe, tmp_path, launcher
 ):
