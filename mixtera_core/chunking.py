@@ -30,6 +30,7 @@ the component's next epoch with a fresh seeded order.
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,12 +38,15 @@ from typing import Any
 
 import numpy as np
 
+from .errors import PlannerStateError
 from .index import ChunkerIndex
 from .mixture_log import WeightsLog
 
 ON_EXHAUSTED = ("stop", "redistribute", "repeat")
 #: Token mode without chunk_tokens: the first chunks hold 1/RAMP_UP, 2/RAMP_UP, ... of the budget.
 RAMP_UP = 16
+#: The largest chunk index, cursor or epoch a planner state may hold.
+MAX_STATE_INDEX = 2**53
 __all__ = ["ON_EXHAUSTED", "Chunk", "ChunkPlanner", "ComponentOrders", "WeightsLog", "largest_remainder"]
 
 
@@ -418,18 +422,115 @@ class ChunkPlanner:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state`` (a :meth:`state_dict`; keys it does not know are ignored).
+
+        Every value is checked against this job before anything changes (lengths, integer
+        cursors within their components, fractions in [0, 1), finite carries no larger than a
+        chunk's worth plus a component, a known estimate stage): a malformed or out-of-range
+        state raises :class:`~mixtera_core.errors.PlannerStateError` and leaves the planner as
+        it was, so no state can make planning fail or run away later."""
+        values = self._checked_state(state)
+        self._set_stage(values.pop("stage"), carry_over=False)
+        for name, value in values.items():
+            setattr(self, name, value)
+
+    def _checked_state(self, state: Any) -> dict[str, Any]:
         n = len(self.orders.sizes)
-        if len(state["pos"]) != n:
-            raise ValueError(f"planner state is for {len(state['pos'])} components, this job has {n}")
-        self.next_index = int(state["next_index"])
-        self.epoch = np.asarray(state["epoch"], dtype=np.int64)
-        self.pos = np.asarray(state["pos"], dtype=np.int64)
-        self.frac = np.asarray(state.get("frac", [0.0] * n), dtype=np.float64)
-        self.planned = float(state.get("planned", 0.0))
-        self.carry = np.asarray(state["carry"], dtype=np.float64)
-        self.exhausted = np.asarray(state["exhausted"], dtype=bool)
-        self.done = bool(state["done"])
-        self._set_stage(int(state.get("stage", 0)), carry_over=False)
+        if not isinstance(state, dict):
+            raise PlannerStateError(f"a planner state is a JSON object, got {type(state).__name__}")
+        missing = [k for k in ("next_index", "epoch", "pos", "carry", "exhausted", "done") if k not in state]
+        if missing:
+            raise PlannerStateError(
+                f"planner state lacks {missing}; send a stream state's snapshot unchanged"
+            )
+
+        def array(key: str, default: Any = None) -> np.ndarray:
+            raw = state.get(key, default)
+            try:
+                arr = np.asarray(raw)
+            except (ValueError, TypeError) as e:
+                raise PlannerStateError(f"planner state: {key} is not a list of numbers ({e})") from None
+            if arr.shape != (n,):
+                raise PlannerStateError(
+                    f"planner state is for {arr.shape[0] if arr.ndim == 1 else '?'} components ({key}), "
+                    f"this job has {n}"
+                )
+            if n and arr.dtype.kind not in "biuf":
+                raise PlannerStateError(f"planner state: {key} holds {arr.dtype} values, not numbers")
+            return arr
+
+        def integers(key: str, hi: float) -> np.ndarray:
+            arr = array(key)
+            if n and arr.dtype.kind == "b":
+                raise PlannerStateError(f"planner state: {key} holds booleans, not integers")
+            f = arr.astype(np.float64)
+            if not np.all(np.isfinite(f)) or np.any(f != np.floor(f)) or np.any(f < 0) or np.any(f > hi):
+                raise PlannerStateError(f"planner state: {key} must be integers in [0, {int(hi)}]")
+            return arr.astype(np.int64)
+
+        def scalar(key: str, default: Any, lo: float, hi: float, integer: bool) -> float:
+            v = state.get(key, default)
+            ok = isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool | np.bool_)
+            if ok:
+                f = float(v)
+                ok = math.isfinite(f) and lo <= f <= hi and (not integer or f.is_integer())
+            if not ok:
+                kind = "an integer" if integer else "a finite number"
+                raise PlannerStateError(f"planner state: {key} must be {kind} in [{lo:g}, {hi:g}], got {v!r}")
+            return float(v)
+
+        next_index = int(scalar("next_index", None, 0, MAX_STATE_INDEX, True))
+        sizes = np.asarray(self.orders.sizes, dtype=np.int64)
+        repeat = self.on_exhausted == "repeat"
+        epoch = integers("epoch", MAX_STATE_INDEX if repeat else 0)
+        pos = integers("pos", MAX_STATE_INDEX)
+        if np.any(pos > sizes):
+            c = int(np.flatnonzero(pos > sizes)[0])
+            raise PlannerStateError(
+                f"planner state: cursor {int(pos[c])} of component {c} is beyond its {int(sizes[c])} samples"
+            )
+        frac = array("frac", [0.0] * n).astype(np.float64)
+        if not np.all(np.isfinite(frac)) or np.any(frac < 0) or np.any(frac >= 1):
+            raise PlannerStateError("planner state: frac must be fractions in [0, 1)")
+        if np.any((frac > 0) & ((pos >= sizes) | (not self.orders.token_mode))):
+            raise PlannerStateError("planner state: a frac > 0 needs a token-mode sample at its cursor")
+        carry = array("carry").astype(np.float64)
+        if not np.all(np.isfinite(carry)) or np.any(np.abs(carry) > self._carry_bounds()):
+            raise PlannerStateError("planner state: carry must be finite and at most about a chunk's worth")
+        exhausted = array("exhausted")
+        if n and exhausted.dtype.kind != "b":
+            raise PlannerStateError("planner state: exhausted must be booleans")
+        done = state["done"]
+        if not isinstance(done, bool | np.bool_):
+            raise PlannerStateError(f"planner state: done must be a boolean, got {done!r}")
+        planned = scalar("planned", 0.0, 0.0, 2.0**62, False)
+        top = self._staged[0](float("inf")) if self._staged is not None else 0
+        stage = int(scalar("stage", 0, 0, top, True))
+        return {
+            "stage": stage,
+            "next_index": next_index,
+            "epoch": epoch,
+            "pos": pos,
+            "frac": frac,
+            "planned": planned,
+            "carry": carry,
+            "exhausted": exhausted.astype(bool),
+            "done": bool(done),
+        }
+
+    def _carry_bounds(self) -> np.ndarray:
+        """The largest carry a component can have: a chunk's worth (sample mode: samples; token
+        mode: tokens, plus a whole component, which bounds a document over its quota and the
+        re-count of an estimate stage), with a wide margin. A larger one would make a single
+        chunk plan for ever."""
+        n = len(self.orders.sizes)
+        if not self.orders.token_mode:
+            return np.full(n, float(self.chunk_size + n + 2))
+        tokens = self.orders.component_tokens()
+        budget = float(self.chunk_tokens) if self.chunk_tokens is not None else 0.0
+        if self.chunk_tokens is None:
+            budget = float(self.chunk_size) * float(np.max(self._mean_tokens, initial=1.0))
+        return 16.0 * (budget + tokens + float(1 << 20))
 
     # -------------------------------------------------------------- planning
 

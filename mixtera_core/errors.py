@@ -130,3 +130,18 @@ class FileChangedError(CorruptFileError):
 class CatalogLockedError(MixteraError):
     """The catalog database is open in another process (DuckDB allows one writer process per
     file). Close the other process, or share the catalog through a server."""
+
+
+class PlannerStateError(MixteraError, ValueError):
+    """A planner state (a stream state's ``snapshot``) is malformed, out of range for its job, or
+    (on a server) not one the server handed out: send the snapshot of a stream state unchanged."""
+
+
+class PlanningLimitError(MixteraError, ValueError):
+    """A chunk request would make the planner walk further than its limit in one request: send
+    the planner snapshot of the stream's state with it, or ask for a nearer chunk."""
+
+
+class SnapshotSignatureError(PlannerStateError):
+    """A planner snapshot sent to a server lacks the server's signature or does not verify: it
+    was changed, is for another job, or was handed out by another server."""

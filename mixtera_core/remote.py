@@ -10,7 +10,9 @@ code does not change when the catalog moves to a server:
   descriptors (``GetChunk``); the planning is central, on the server. Each request carries
   the planner state before the stream's previous chunk, so a restarted server that has
   reloaded the job from ``DB_DIR`` regenerates exactly the next chunk: no sample is lost
-  or repeated across a server restart.
+  or repeated across a server restart. The server signs those planner states (the ``"mac"``
+  key, see :mod:`mixtera_core.server.signing`) and takes back only its own, unchanged: keep
+  a stream state's ``snapshot`` as it is in checkpoints.
 - Samples are read by the client from the (shared) filesystem, like the local client; with
   ``ship_samples=True`` the server reads them and ships the records (``ReadSamples``).
 - Transient failures (``UNAVAILABLE``, ``DEADLINE_EXCEEDED``) are retried with exponential

@@ -4,12 +4,19 @@ Prints ``mixtera-server listening on HOST:PORT`` once it accepts calls (``--port
 a free port and prints it) and shuts down cleanly on SIGTERM / SIGINT: running calls get a
 grace period, acknowledged feedback is applied, and the catalog is closed (jobs, mixture
 logs, algorithm state and delivery counts are already persisted under ``DB_DIR/jobs``).
+
+Binding to an address other machines can reach (``--host`` not loopback) needs an explicit
+``--allowed-root`` and ``--token-file``, or ``--insecure`` spelled out; without
+``--allowed-root`` the working directory is the default root, which must not be ``/`` or a
+home directory.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
+import os
 import signal
 import sys
 import threading
@@ -17,7 +24,26 @@ from typing import Any
 
 from ..errors import MixteraError
 from .auth import read_token
-from .service import DEFAULT_MAX_MESSAGE, MixteraService, serve
+from .service import (
+    DEFAULT_MAX_MESSAGE,
+    MAX_CALLS,
+    RESERVED_THREADS,
+    MixteraService,
+    serve,
+    unsafe_default_root,
+)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) is reachable from this machine only."""
+    name = host.strip().strip("[]").lower()
+    if name in ("localhost", "localhost.localdomain", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False  # a host name: whatever it resolves to may be reachable
+
 
 GRACE_SECONDS = 5.0
 
@@ -46,7 +72,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="only register and read files under DIR (symlinks resolved; repeatable). Default: the "
         "server's working directory plus the directories of the datasets registered at start",
     )
-    p.add_argument("--workers", type=int, default=16, help="threads serving calls (default 16)")
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback --host without --token-file and --allowed-root (anyone who can "
+        "reach the port can then read files under the roots and change jobs)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=MAX_CALLS + RESERVED_THREADS,
+        help=f"threads serving calls (default {MAX_CALLS + RESERVED_THREADS}; {RESERVED_THREADS} of them are "
+        f"kept for health checks, ListDatasets and JobStatus)",
+    )
     p.add_argument(
         "--max-message-mb",
         type=float,
@@ -86,6 +124,31 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    if not is_loopback(args.host) and not args.insecure:
+        missing = [
+            flag
+            for flag, given in (
+                ("--allowed-root DIR", args.allowed_root),
+                ("--token-file F", args.token_file),
+            )
+            if not given
+        ]
+        if missing:
+            print(
+                f"mixtera-server: --host {args.host} can be reached from other machines; it needs "
+                f"{' and '.join(missing)} (or --insecure, to serve without them on purpose)",
+                file=sys.stderr,
+            )
+            return 2
+    if not args.allowed_root:
+        why = unsafe_default_root()
+        if why is not None:
+            print(
+                f"mixtera-server: the working directory {os.getcwd()} is {why}; the default allowed root "
+                f"would expose every file under it: name the directories to serve with --allowed-root DIR",
+                file=sys.stderr,
+            )
+            return 2
     try:
         token = read_token(args.token_file) if args.token_file else None
         service = MixteraService(
@@ -117,17 +180,24 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     shown = f"[{args.host}]" if ":" in args.host else args.host
-    logging.getLogger("mixtera.server").info(
+    logger = logging.getLogger("mixtera.server")
+    logger.info(
         "serving %s (allowed roots: %s%s%s)",
         service.engine.catalog.db_dir,
         ", ".join(service.roots.roots),
         ", token required" if token else "",
         ", TLS" if args.tls_cert else "",
     )
+    if not is_loopback(args.host) and not args.tls_cert:
+        logger.warning(
+            "serving %s without TLS: the token and all data cross the network in the clear", args.host
+        )
     print(f"mixtera-server listening on {shown}:{port}", flush=True)
     while not stop.wait(0.5):
         pass
-    logging.getLogger("mixtera.server").info("shutting down")
+    logger.info("shutting down")
+    if service.health is not None:
+        service.health.enter_graceful_shutdown()
     server.stop(GRACE_SECONDS).wait()
     service.close()
     return 0
