@@ -144,3 +144,27 @@ def test_killed_while_streaming_resumes_with_nothing_lost_or_repeated(tmp_path, 
     finally:
         c.close()
         srv.stop()
+
+
+def test_a_file_changed_under_a_running_server_is_refused_by_name(tmp_path, corpus):
+    """Remote streams read samples through the server: it checks the file's fingerprint too."""
+    import shutil
+
+    from mixtera_core.errors import FileChangedError
+
+    data = tmp_path / "data"
+    shutil.copytree(corpus, data)
+    srv = Server(tmp_path / "db", "--allowed-root", str(data))
+    c = MixteraClient.remote("127.0.0.1", srv.port)
+    try:
+        c.register_dataset("d", data, parser_options=OPTIONS)
+        job = c.execute(Query.for_job("changed"), WEIGHTS, chunk_size=30, seed=1)
+        victim = sorted(data.iterdir())[0]
+        raw = bytearray(victim.read_bytes())
+        raw[len(raw) // 2] ^= 0xFF  # same size, other content
+        victim.write_bytes(bytes(raw))
+        with pytest.raises(FileChangedError, match=victim.name):
+            take(c.stream(job), 2000)
+    finally:
+        c.close()
+        srv.stop()

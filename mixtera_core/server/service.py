@@ -1126,6 +1126,7 @@ class MixteraService(pb_grpc.MixteraServicer):
                 f"{total} samples in one request; ask for at most {MAX_READ_SAMPLES}",
             )
         self.roots.check(entry.path)
+        entry.check_unchanged()  # a file changed since registration: FileChangedError, named
         fmt = self.engine.plugins.format(entry.format)
         indices: list[int] = []
         records: list[str] = []
