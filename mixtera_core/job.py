@@ -476,13 +476,13 @@ class Job:
     def save(self, directory: str) -> None:
         os.makedirs(directory, exist_ok=True)
         _, index_bytes, files_bytes = self.to_parts()
-        _atomic_write(os.path.join(directory, "index.arrow"), index_bytes)
-        _atomic_write(os.path.join(directory, "files.arrow"), files_bytes)
+        atomic_write(os.path.join(directory, "index.arrow"), index_bytes)
+        atomic_write(os.path.join(directory, "files.arrow"), files_bytes)
         for name, values in ((TOKENS_FILE, self.sample_tokens), (BYTES_FILE, self.sample_bytes)):
             if values is not None:
                 buf = io.BytesIO()
                 np.save(buf, np.asarray(values, dtype=np.float64))
-                _atomic_write(os.path.join(directory, name), buf.getvalue())
+                atomic_write(os.path.join(directory, name), buf.getvalue())
         self._rewrite_meta(directory)
         self.home = directory
 
@@ -509,7 +509,7 @@ class Job:
         """A new generation: job.json holds every change, log.jsonl starts empty, then the seal."""
         self.generation += 1
         self._unsaved.clear()
-        _atomic_write(os.path.join(directory, "job.json"), self.to_parts_meta())
+        atomic_write(os.path.join(directory, "job.json"), self.to_parts_meta())
         _remove(os.path.join(directory, LOG_FILE))
         write_seal(directory, self.generation, self.log.sealed)
 
@@ -584,7 +584,8 @@ def _remove(path: str) -> None:
         os.remove(path)
 
 
-def _atomic_write(path: str, data: bytes) -> None:
+def atomic_write(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
     tmp = path + ".tmp"
     with open(tmp, "wb") as fh:
         fh.write(data)

@@ -66,7 +66,7 @@ from .errors import (
     UnknownDatasetError,
 )
 from .interfaces import FieldRef, Tokenizer
-from .job import TokenizerSpec
+from .job import TokenizerSpec, atomic_write
 from .plugins import PluginManager, get_plugin_manager
 from .streaming import document_specials, load_tokenizer, record_text
 
@@ -191,15 +191,6 @@ def tokenizer_fingerprint(
 def _read_json(path: str) -> Any:
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def _bad_manifest(directory: str, why: str) -> TokenIndexManifestError:
@@ -721,7 +712,7 @@ class _Builder:
             "registration": f.registration,
             "catalog_version": self.catalog_version,
         }
-        _atomic_write(final_json, json.dumps(meta, indent=1).encode())
+        atomic_write(final_json, json.dumps(meta, indent=1).encode())
         return meta
 
     @staticmethod
@@ -839,7 +830,7 @@ def tokenize(
                 "dtype": dtype_name,
                 "identity": identity,
             }
-            _atomic_write(manifest_path, json.dumps(manifest, indent=1).encode())
+            atomic_write(manifest_path, json.dumps(manifest, indent=1).encode())
         version = catalog.version
         todo, done = _plan(directory, files, version)
         report.files_skipped = len(done)
