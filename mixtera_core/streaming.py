@@ -154,13 +154,8 @@ def chunk_records(
     """
     comps, files, idx = delivery_order(job, chunk)
     records: dict[tuple[int, int], Any] = {}
-    order = np.lexsort((chunk.starts, chunk.file_ids))
-    by_file: dict[int, list[tuple[int, int]]] = {}
-    for j in order:
-        by_file.setdefault(int(chunk.file_ids[j]), []).append((int(chunk.starts[j]), int(chunk.stops[j])))
     read_field = getattr(readers, "read_field", None) if field is not None else None
-    for fid, ranges in by_file.items():
-        merged = _merge(ranges)
+    for fid, merged in file_ranges(chunk).items():
         if read_field is None:
             for sample_index, record in readers.read(fid, merged):
                 records[(fid, sample_index)] = record
@@ -183,6 +178,14 @@ def chunk_records(
                 f"the file may have changed since registration (re-register the dataset)"
             ) from None
     return out
+
+
+def file_ranges(chunk: Chunk) -> dict[int, list[tuple[int, int]]]:
+    """A chunk's samples as file id -> sorted, merged half-open ranges: what a reader reads."""
+    by_file: dict[int, list[tuple[int, int]]] = {}
+    for j in np.lexsort((chunk.starts, chunk.file_ids)).tolist():
+        by_file.setdefault(int(chunk.file_ids[j]), []).append((int(chunk.starts[j]), int(chunk.stops[j])))
+    return {fid: _merge(ranges) for fid, ranges in by_file.items()}
 
 
 def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -430,14 +433,8 @@ class JobStream:
             chunk, own, snapshot = planned
             comps, files, idx = delivery_order(self.job, chunk)
             found: dict[tuple[int, int], np.ndarray] = {}
-            order = np.lexsort((chunk.starts, chunk.file_ids))
-            by_file: dict[int, list[tuple[int, int]]] = {}
-            for j in order.tolist():
-                by_file.setdefault(int(chunk.file_ids[j]), []).append(
-                    (int(chunk.starts[j]), int(chunk.stops[j]))
-                )
-            for fid, ranges in by_file.items():
-                for sample_index, sample_ids in tokens.read(fid, _merge(ranges)):
+            for fid, ranges in file_ranges(chunk).items():
+                for sample_index, sample_ids in tokens.read(fid, ranges):
                     found[(fid, sample_index)] = sample_ids
             items = []
             for c, f, i in zip(comps.tolist(), files.tolist(), idx.tolist(), strict=True):

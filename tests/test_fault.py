@@ -16,23 +16,10 @@ import duckdb
 import pytest
 from conftest import write_jsonl
 from test_server import OPTIONS, Server
-from test_streaming import WEIGHTS, doc, take
+from test_streaming import WEIGHTS, corpus, doc, take  # noqa: F401  (module fixture reused)
 
 from mixtera_core import MixteraClient, Query
 from mixtera_core.remote import RemoteError
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fault-corpus")
-    rng = random.Random(3)
-    for lang, n, shards in (("python", 600, 2), ("c", 300, 2), ("en", 900, 2)):
-        per = n // shards
-        for s in range(shards):
-            write_jsonl(
-                root / f"{lang}-{s}.jsonl.zst", [doc(lang, s * per + i, rng) for i in range(per)], "zst"
-            )
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +49,7 @@ def catalog_rows(db) -> dict[str, int]:
         con.close()
 
 
-def test_killed_during_registration_leaves_no_half_dataset(tmp_path, corpus, big):
+def test_killed_during_registration_leaves_no_half_dataset(tmp_path, corpus, big):  # noqa: F811
     db = tmp_path / "db"
     srv = Server(db, "--allowed-root", str(corpus), "--allowed-root", str(big))
     c = MixteraClient.remote("127.0.0.1", srv.port)
@@ -83,7 +70,7 @@ def test_killed_during_registration_leaves_no_half_dataset(tmp_path, corpus, big
         c.close()
     before = catalog_rows(db)
     assert before["datasets"] == 1 and before["orphan files"] == 0 and before["orphan samples"] == 0
-    assert before["samples"] == 1800  # the small dataset, whole
+    assert before["samples"] == 2800  # the small dataset, whole
     srv = Server(db, "--allowed-root", str(corpus), "--allowed-root", str(big))
     c = MixteraClient.remote("127.0.0.1", srv.port)
     try:
@@ -96,7 +83,7 @@ def test_killed_during_registration_leaves_no_half_dataset(tmp_path, corpus, big
 
 
 @pytest.mark.parametrize("mode", ["samples", "tokens"])
-def test_killed_while_streaming_resumes_with_nothing_lost_or_repeated(tmp_path, corpus, small_bpe, mode):
+def test_killed_while_streaming_resumes_with_nothing_lost_or_repeated(tmp_path, corpus, small_bpe, mode):  # noqa: F811
     db = tmp_path / "db"
     local = MixteraClient.local(tmp_path / "reference")
     local.register_dataset("d", corpus, parser_options=OPTIONS)
@@ -146,7 +133,7 @@ def test_killed_while_streaming_resumes_with_nothing_lost_or_repeated(tmp_path, 
         srv.stop()
 
 
-def test_a_file_changed_under_a_running_server_is_refused_by_name(tmp_path, corpus):
+def test_a_file_changed_under_a_running_server_is_refused_by_name(tmp_path, corpus):  # noqa: F811
     """Remote streams read samples through the server: it checks the file's fingerprint too."""
     import shutil
 

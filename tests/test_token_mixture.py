@@ -190,38 +190,20 @@ def test_a_file_changed_after_tokenize_is_refused_by_name(tmp_path, small_bpe):
 
 def test_a_server_plans_in_exact_tokens_for_remote_streams(small_bpe, tmp_path):
     """Remote clients read text from the server and tokenize it; the server plans from its index."""
-    import subprocess
-    import sys
+    from test_server import Server
 
     local = MixteraClient.local(tmp_path / "db")
     register_corpus(local, skewed_corpus(tmp_path / "data", longest=1000))
     local.tokenize(["prose", "code", "c"], ("hf", str(small_bpe)))
     local.close()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mixtera_core.server",
-            str(tmp_path / "db"),
-            "--port",
-            "0",
-            "--allowed-root",
-            "/",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
+    srv = Server(
+        tmp_path / "db", "--allowed-root", str(tmp_path / "data"), "--allowed-root", str(small_bpe.parent)
     )
+    remote = MixteraClient.remote("127.0.0.1", srv.port)
     try:
-        line = proc.stdout.readline()
-        assert "listening on" in line, (line, proc.poll())
-        remote = MixteraClient.remote("127.0.0.1", int(line.rsplit(":", 1)[1]))
-        try:
-            job = execute(remote, "idx-remote", small_bpe, seed=7)
-            got = shares(remote.stream(job))
-            assert np.abs(got - TARGET).max() < 0.001, got
-        finally:
-            remote.close()
+        job = execute(remote, "idx-remote", small_bpe, seed=7)
+        got = shares(remote.stream(job))
+        assert np.abs(got - TARGET).max() < 0.001, got
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        remote.close()
+        srv.stop()
