@@ -9,8 +9,8 @@ step from one rank only (rank 0 of the group), so the server sees each step once
 Typical use in a training step::
 
     logits = model(batch["input_ids"]).logits
-    token_loss = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), reduction="none")
-    reporter.step(step, token_loss.view_as(batch["labels"]), batch["key_ids"], batch["chunk_index"])
+    token_loss = F.cross_entropy(logits.flatten(0, 1), batch["targets"].flatten(), reduction="none")
+    reporter.step(step, token_loss.view_as(batch["targets"]), batch["key_ids"], batch["chunk_index"])
 
 Passing the batch's ``chunk_index`` lets the server place the resulting mixture change at a
 chunk derived from the data consumed (``position + 1 + feedback_delay``), so a rerun with the

@@ -139,7 +139,7 @@ def test_collator_plugin_and_errors(hclient, small_bpe, tmp_path):
     assert isinstance(ds, MixteraDataset)
     items = [it for _, it in zip(range(4), ds, strict=False)]
     batch = MixteraDataCollator()(items)
-    assert set(batch) == {"input_ids", "labels", "key_ids", "chunk_index"} and batch["input_ids"].shape == (
+    assert set(batch) == {"input_ids", "targets", "key_ids", "chunk_index"} and batch["input_ids"].shape == (
         4,
         SEQ,
     )

@@ -12,6 +12,7 @@ from test_streaming import WEIGHTS, corpus  # noqa: F401  (module fixture reused
 from mixtera_core import MixteraClient, Query
 from mixtera_core.errors import QueryError
 from mixtera_core.holdout import Holdout
+from mixtera_core.properties import property_type
 from mixtera_core.streaming import JobStream
 
 SHARDS = {"python": (900, 3), "c": (400, 2), "en": (1500, 3)}  # test_streaming's corpus
@@ -77,7 +78,7 @@ def test_training_tokens_never_contain_held_out_documents(hclient, corpus, small
         holdout.train(query), WEIGHTS, tokenizer=("hf", str(small_bpe)), seq_len=64, chunk_size=32,
         seed=2, on_exhausted="repeat",
     )  # fmt: skip
-    tokenizer = __import__("tokenizers").Tokenizer.from_file(str(small_bpe))
+    tokenizer = pytest.importorskip("tokenizers").Tokenizer.from_file(str(small_bpe))
     stream = iter(JobStream(hclient.job(job_id)))
     tokens: list[int] = []
     for _ in range(2500):  # ~ 160k tokens
@@ -119,9 +120,7 @@ def test_queries_carry_the_split_and_refuse_bad_ones():
     assert Query.from_json(json.loads(json.dumps(train.to_json()))).to_json() == train.to_json()
     assert "split" not in q.to_json()  # specs of unsplit queries are unchanged
     assert train.select(("license", "==", "mit")).split == train.split
-    sql, params = train.to_sql(
-        {"language": __import__("mixtera_core.properties").properties.property_type("str")}
-    )
+    sql, params = train.to_sql({"language": property_type("str")})
     assert "NOT (substr(md5(" in sql and params[-2:] == ["4", format(2**30, "08x")]
     for bad in (0, 1, 1.5, -0.1, float("nan"), True, "0.1"):
         with pytest.raises(QueryError, match="fraction"):

@@ -264,7 +264,7 @@ class MixteraTrainer(Trainer):
         inputs.pop(LOADER_STATE_KEY, None)
         key_ids = inputs.pop("key_ids")
         chunk_index = inputs.pop("chunk_index", None)
-        labels = inputs.pop("labels")
+        labels = inputs.pop("targets")
         outputs = model(**inputs)
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
         token_loss = F.cross_entropy(
