@@ -56,10 +56,10 @@ class TinyGPT(L.LightningModule):
         self.losses: list[float] = []
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        logits = self.model(input_ids=batch["input_ids"]).logits  # labels are already shifted
+        logits = self.model(input_ids=batch["input_ids"]).logits  # targets are already shifted
         token_loss = F.cross_entropy(
-            logits.flatten(0, 1), batch["labels"].flatten(), reduction="none"
-        ).view_as(batch["labels"])
+            logits.flatten(0, 1), batch["targets"].flatten(), reduction="none"
+        ).view_as(batch["targets"])
         loss = token_loss.mean()
         self.losses.append(float(loss.detach()))
         return {"loss": loss, "token_loss": token_loss}  # token_loss feeds MixteraFeedbackCallback
