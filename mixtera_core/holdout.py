@@ -20,6 +20,8 @@ Use :meth:`Holdout.train` and :meth:`Holdout.eval` on the query of a job::
     train_job = client.execute(holdout.train(query), mixture, ...)
     eval_job = client.execute(holdout.eval(query, "run-1-eval"), eval_mixture, ...)
 
+or :func:`execute_split`, which builds both (the eval job static, over the training keys).
+
 Cost: the index of a split job has more intervals (each held-out sample cuts a run of
 consecutive samples in two): about ``2 * fraction`` intervals per sample.
 """
@@ -36,7 +38,7 @@ from .errors import QueryError
 if TYPE_CHECKING:
     from .query import Query
 
-__all__ = ["Holdout", "PARTS"]
+__all__ = ["Holdout", "PARTS", "execute_split"]
 
 #: the two parts of a split: the samples training may use, and the held-out ones
 PARTS = ("train", "eval")
@@ -102,3 +104,39 @@ class Holdout:
         if not isinstance(data, dict) or set(data) - {"fraction", "seed"} or "fraction" not in data:
             raise QueryError(f"a holdout is {{'fraction': f, 'seed': s}}, got {data!r}")
         return cls(data["fraction"], data.get("seed", 0))
+
+
+#: job options an eval job takes over from its training job (the rest: one stream, static, redistribute)
+EVAL_SHARED_OPTIONS = (
+    "tokenizer", "tokenizer_options", "seq_len", "seed", "chunk_size", "chunk_tokens", "add_bos", "add_eos",
+    "text_field", "block_size", "token_estimate_samples",
+)  # fmt: skip
+
+
+def execute_split(
+    client: Any,
+    query: Query,
+    mixture: Any,
+    holdout: Holdout,
+    *,
+    eval_job_id: str | None = None,
+    eval_mixture: Any = None,
+    **options: Any,
+) -> tuple[str, str]:
+    """Build a training job without and an eval job with the held-out samples of ``query``.
+
+    The training job is ``client.execute(holdout.train(query), mixture, **options)``. The eval job
+    (``eval_job_id``, default ``<job id>-eval``) reads ``holdout.eval(query, ...)`` with a static
+    mixture over the training job's keys (``eval_mixture``; default equal weights, so each domain
+    gets as many eval tokens), the training job's tokenizer, ``seq_len``, seed and chunking, one
+    stream (``dp_groups=1``, ``num_workers=1``) and ``on_exhausted="redistribute"`` (every held-out
+    sample once). Returns ``(training job id, eval job id)``. Executing both again attaches to
+    them; on a rank that does not own a local catalog both wait for rank 0's jobs.
+    """
+    train_id: str = client.execute(holdout.train(query), mixture, **options)
+    keys = client.job(train_id).key_names
+    weights = eval_mixture if eval_mixture is not None else {key: 1.0 / len(keys) for key in keys}
+    shared = {k: v for k, v in options.items() if k in EVAL_SHARED_OPTIONS}
+    eval_query = holdout.eval(query, eval_job_id or f"{query.job_id}-eval")
+    eval_id: str = client.execute(eval_query, weights, on_exhausted="redistribute", **shared)
+    return train_id, eval_id

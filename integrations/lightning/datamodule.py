@@ -63,7 +63,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
     ) from e
 
 from mixtera_core.errors import MixteraError
-from mixtera_core.holdout import Holdout
+from mixtera_core.holdout import Holdout, execute_split
 from mixtera_core.job import Job
 from mixtera_core.mixture import DynamicMixture
 from mixtera_core.torch import MixteraDataLoader, MixteraDataset, MixteraEvalDataset
@@ -179,23 +179,14 @@ class MixteraDataModule(L.LightningDataModule):
 
     def _execute(self) -> str:
         assert self.client is not None
-        query = self.query if self.holdout is None else self.holdout.train(self.query)
-        job_id: str = self.client.execute(query, self.mixture, **self.execute_options)
-        if self.holdout is not None:
-            self.eval_job_id = self._execute_eval(job_id)
+        if self.holdout is None:
+            job_id: str = self.client.execute(self.query, self.mixture, **self.execute_options)
+            return job_id
+        job_id, self.eval_job_id = execute_split(
+            self.client, self.query, self.mixture, self.holdout, eval_mixture=self.eval_mixture,
+            **self.execute_options,
+        )  # fmt: skip
         return job_id
-
-    def _execute_eval(self, train_job_id: str) -> str:
-        """The held-out part of the query as a static, single-stream job over the training keys."""
-        assert self.client is not None and self.holdout is not None
-        keys = self.client.job(train_job_id).key_names
-        mixture = self.eval_mixture or {key: 1.0 / len(keys) for key in keys}
-        shared = ("tokenizer", "seq_len", "seed", "chunk_size", "chunk_tokens", "add_bos", "add_eos",
-                  "text_field", "tokenizer_options", "block_size", "token_estimate_samples")  # fmt: skip
-        options = {k: v for k, v in self.execute_options.items() if k in shared}
-        query = self.holdout.eval(self.query, f"{self.query.job_id}-eval")
-        eval_id: str = self.client.execute(query, mixture, on_exhausted="redistribute", **options)
-        return eval_id
 
     def prepare_data(self) -> None:
         """The catalog's owner builds the job (once; executing the same spec again attaches to it).
