@@ -438,6 +438,26 @@ def test_collator_plugin_compat_and_errors(hclient, small_bpe, tmp_path):
     )
 
 
+def test_a_finite_job_is_trained_once_and_the_trainer_stops(hclient, small_bpe, tmp_path):
+    """on_exhausted="stop": every sequence of the job exactly once, then the Trainer stops (its next
+    epoch continues after the streams' ends instead of starting them again)."""
+    train_id, eval_id = execute_split(
+        hclient, Query.for_job("h-finite").select(("language", "==", "c")), {"language=c": 1.0},
+        Holdout(0.015, seed=1), tokenizer=("hf", str(small_bpe)), seq_len=SEQ, chunk_size=4, on_exhausted="stop",
+    )  # fmt: skip
+    expected = [s.tokens[:-1].tolist() for s in JobStream(hclient.job(eval_id))]
+    assert 30 < len(expected) < 300
+    model = gpt2()
+    seen = Forwards(model)
+    trainer = plain_trainer(
+        model, MixteraCallback(hclient, eval_id), arguments(tmp_path, 1000, logging_steps=1000)
+    )
+    trainer.train()
+    trained = [row for c in seen.trained() for row in c["input_ids"].tolist()]
+    assert trained == expected[: len(trained)] and len(expected) - len(trained) < 3  # (a last short batch)
+    assert trainer.state.global_step == len(seen.trained()) < 1000
+
+
 @pytest.mark.slow
 def test_example_runs(tmp_path):
     import subprocess

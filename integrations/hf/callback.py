@@ -229,6 +229,12 @@ class MixteraCallback(TrainerCallback):
         if saved is not None:
             self._restore(saved)
 
+    def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        # a finite stream ran out and the Trainer starts another epoch: continue after the last
+        # trained batch (the streams' ends), never from the start again
+        if self._consumed is not None:
+            self.train_dataset.resume(self._consumed)
+
     def _unshard(self, loader: Any) -> None:
         """Make Accelerate's per-rank slicing of the training batches a pass-through."""
         if loader is None:

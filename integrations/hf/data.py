@@ -19,6 +19,7 @@ collator therefore emits ``input_ids`` and ``labels`` only.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -89,7 +90,7 @@ class MixteraTrainDataset(tud.IterableDataset[MixteraItem]):
 
     def resume(self, state: dict[str, Any] | None) -> None:
         """Start every following iteration at ``state`` (a :class:`MixteraDataLoader` state)."""
-        self._start = state
+        self._start = copy.deepcopy(state)
 
     def dataset(self) -> MixteraDataset:
         """The underlying stream of this (dp_group, node) at the resume position."""
