@@ -438,6 +438,28 @@ def test_collator_plugin_compat_and_errors(hclient, small_bpe, tmp_path):
     )
 
 
+def test_a_checkpoint_of_the_earlier_mixtera_trainer_resumes(hclient, small_bpe, tmp_path):
+    """The earlier MixteraTrainer kept the data state in mixtera_state.json next to the checkpoint
+    (same layout); MixteraTrainer.train(resume_from_checkpoint=...) still continues from it."""
+    job_id = job(hclient, "h-legacy", small_bpe)
+
+    def run(out, steps, resume=None):
+        model = gpt2()
+        seen = Forwards(model)
+        args = arguments(out, steps, save_strategy="steps", save_steps=3, lr_scheduler_type="constant")
+        MixteraTrainer(model=model, args=args, train_dataset=mixtera_dataset(hclient, job_id)).train(resume)
+        return [c["input_ids"] for c in seen.trained()]
+
+    full = run(tmp_path / "full", 6)
+    run(tmp_path / "run", 3)
+    ckpt = tmp_path / "run" / "checkpoint-3"
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    (ckpt / "mixtera_state.json").write_text(json.dumps(state["stateful_callbacks"].pop("mixtera")))
+    (ckpt / "trainer_state.json").write_text(json.dumps(state))  # as the earlier version left it
+    resumed = run(tmp_path / "run", 6, str(ckpt))
+    assert len(resumed) == 3 and all(torch.equal(a, b) for a, b in zip(resumed, full[3:], strict=True))
+
+
 def test_a_finite_job_is_trained_once_and_the_trainer_stops(hclient, small_bpe, tmp_path):
     """on_exhausted="stop": every sequence of the job exactly once, then the Trainer stops (its next
     epoch continues after the streams' ends instead of starting them again)."""

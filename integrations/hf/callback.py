@@ -17,8 +17,7 @@ adding auxiliary terms such as a mixture-of-experts router loss), and so does an
 ``compute_loss`` a Trainer subclass defines. The callback only *observes*: a forward pre-hook on
 the model takes the ``mixtera`` bookkeeping out of the keyword arguments, a forward hook computes
 the per-token next-token cross entropy of the model's logits (in float32, without gradients, one
-sequence at a time) and adds it up per mixture key. Models that return no logits but per-token
-log-probabilities (``log_probs``, TRL's fused LM head) are read from those.
+sequence at a time) and adds it up per mixture key.
 
 **Feedback.** Once per optimizer step the per-key loss sums and token counts of its micro-batches
 go to the job's mixing algorithm (:class:`~mixtera_core.feedback.FeedbackReporter`: summed over
@@ -101,12 +100,9 @@ def next_token_losses(output: Any, labels: torch.Tensor) -> torch.Tensor:
                 for i in range(logits.shape[0])
             ]
             return torch.stack(rows)
-        log_probs = getattr(output, "log_probs", None)  # TRL's fused LM head: aligned with labels[:, 1:]
-        if log_probs is not None and tuple(log_probs.shape) == tuple(targets.shape):
-            return -log_probs.detach().float()
     raise MixteraError(
-        "MixteraCallback: the model's output has no logits (nor per-token log_probs), so per-domain losses "
-        "cannot be computed; do not pass logits_to_keep, or use a model that returns logits"
+        "MixteraCallback: the model's output has no logits, so per-domain losses cannot be computed; do "
+        "not pass logits_to_keep, or use a model that returns logits"
     )
 
 
