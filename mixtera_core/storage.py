@@ -43,10 +43,12 @@ import contextlib
 import functools
 import hashlib
 import io
+import json
 import os
 import re
 import threading
 import time
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -173,11 +175,20 @@ def _filesystem(url: str) -> tuple[Any, str]:
         raise StorageError(
             url, "reading URLs needs fsspec and the filesystem's package: " + _hint(proto)
         ) from None
-    try:
-        fs, path = fsspec.core.url_to_fs(url, **options_for(url))
-    except (ImportError, ValueError) as e:
-        raise StorageError(url, f"no filesystem for {proto}:// ({e}); install {_hint(proto)}") from None
-    return fs, path
+    options = options_for(url)
+    key = (proto, json.dumps(options, sort_keys=True, default=repr))
+    with _STATE_LOCK:
+        fs = _FILESYSTEMS.get(key)
+    if fs is None:
+        try:
+            # fsspec keeps an instance per thread; one per process is enough (its calls are
+            # thread-safe) and spares every new thread the client set-up (a second or so)
+            fs = fsspec.filesystem(proto, **options)
+        except (ImportError, ValueError) as e:
+            raise StorageError(url, f"no filesystem for {proto}:// ({e}); install {_hint(proto)}") from None
+        with _STATE_LOCK:
+            fs = _FILESYSTEMS.setdefault(key, fs)
+    return fs, fs._strip_protocol(url)
 
 
 def _hint(proto: str) -> str:
@@ -343,7 +354,7 @@ class IOSettings:
     #: blocks fetched ahead of a reader that moves forward block after block
     readahead: int = 8
     #: fetched blocks kept in memory per process (all files together)
-    memory_bytes: int = 512 << 20
+    memory_bytes: int = 256 << 20
     #: concurrent range requests per process
     threads: int = 16
     #: directory of the disk cache, or None (off)
@@ -353,6 +364,27 @@ class IOSettings:
 
 
 IO = IOSettings()
+
+
+class Stats:
+    """What this process fetched from object storage: range ``requests`` and their ``bytes``,
+    blocks served by the disk cache (``disk_hits``) and objects opened (``opens``)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.counts = {"requests": 0, "bytes": 0, "disk_hits": 0, "opens": 0}
+
+    def add(self, **counts: int) -> None:
+        with self._lock:
+            for name, n in counts.items():
+                self.counts[name] += n
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.counts)
+
+
+STATS = Stats()
 
 
 def configure_io(**settings: Any) -> None:
@@ -371,6 +403,11 @@ def configure_io(**settings: Any) -> None:
 
 _STATE_LOCK = threading.Lock()
 _POOL: ThreadPoolExecutor | None = None
+#: one filesystem object per (protocol, options) in this process
+_FILESYSTEMS: dict[tuple[str, str], Any] = {}
+#: striped locks: one thread at a time opens a given object
+_OPENING = [threading.Lock() for _ in range(64)]
+_PREPARE: ThreadPoolExecutor | None = None
 _HANDLES: OrderedDict[tuple[str, str | None, int], _Handle] = OrderedDict()
 #: the version of each object this process last saw (registration's, or the store's answer)
 _KNOWN: dict[str, ObjectInfo] = {}
@@ -385,14 +422,35 @@ def _pool() -> ThreadPoolExecutor:
         return _POOL
 
 
-def _after_fork() -> None:
-    """A forked child (a DataLoader worker) has none of the parent's threads or connections."""
-    global _POOL, _BLOCKS_BYTES
-    _POOL = None
+def reset() -> None:
+    """Forget every open remote file and cached block of this process (the disk cache and the
+    filesystem clients stay): what a new process starts with, short of connecting. For tests
+    and benchmarks."""
+    global _POOL, _PREPARE, _BLOCKS_BYTES
+    _POOL = _PREPARE = None
     _HANDLES.clear()
     _KNOWN.clear()
     _BLOCKS.clear()
     _BLOCKS_BYTES = 0
+
+
+def _prepare_pool() -> ThreadPoolExecutor:
+    """Threads that open files and work out their spans for :func:`prefetch`: apart from the
+    fetching pool, because they wait for fetches (a parquet footer) and must never hold all of
+    its threads waiting for work queued behind them."""
+    global _PREPARE
+    with _STATE_LOCK:
+        if _PREPARE is None:
+            _PREPARE = ThreadPoolExecutor(max_workers=8, thread_name_prefix="mixtera-storage-prepare")
+        return _PREPARE
+
+
+def _after_fork() -> None:
+    """A forked child (a DataLoader worker) has none of the parent's threads or connections."""
+    global _OPENING
+    _FILESYSTEMS.clear()
+    _OPENING = [threading.Lock() for _ in range(64)]
+    reset()
 
 
 if hasattr(os, "register_at_fork"):
@@ -407,6 +465,7 @@ class _Handle:
         fs, path = _filesystem(url)
         self._fs, self._path = fs, path
         self.block_size = int(IO.block_size)
+        STATS.add(opens=1)
         # The library's own file object: its _fetch_range is the range request each fsspec
         # filesystem implements (stateless, safe from several threads), and s3fs's carries
         # If-Match with the ETag it saw at open.
@@ -433,6 +492,7 @@ class _Handle:
         return self.info.size
 
     def fetch(self, start: int, end: int) -> bytes:
+        STATS.add(requests=1, bytes=end - start)
         fetch_range = getattr(self._raw, "_fetch_range", None)
         if fetch_range is not None:
             data = _retrying(lambda: fetch_range(start, end), self.url, "read it")
@@ -449,17 +509,25 @@ def _handle(url: str, expected: ObjectInfo | None = None) -> _Handle:
     """The process's handle of ``url`` as ``expected`` (default: as this process last saw it,
     else as the store says now). Handles are kept by (url, version, size): a changed object
     gets a new one, and its old blocks are never mixed with new ones."""
-    if expected is None:
-        with _STATE_LOCK:
-            expected = _KNOWN.get(url)
-    if expected is not None:
-        key = (url, expected.version, expected.size)
-        with _STATE_LOCK:
-            h = _HANDLES.get(key)
-            if h is not None:
-                _HANDLES.move_to_end(key)
-                return h
-    h = _Handle(url, expected)
+    # one thread at a time opens an object: the threads of a stream open a chunk's files at once
+    with _OPENING[zlib.crc32(url.encode()) % len(_OPENING)]:
+        if expected is None:
+            with _STATE_LOCK:
+                expected = _KNOWN.get(url)
+        if expected is not None:
+            key = (url, expected.version, expected.size)
+            with _STATE_LOCK:
+                h = _HANDLES.get(key)
+                if h is not None:
+                    _HANDLES.move_to_end(key)
+                    return h
+        h = _Handle(url, expected)
+        _remember(h)
+    return h
+
+
+def _remember(h: _Handle) -> None:
+    url = h.url
     key = (url, h.info.version, h.info.size)
     with _STATE_LOCK:
         _HANDLES[key] = h
@@ -468,7 +536,6 @@ def _handle(url: str, expected: ObjectInfo | None = None) -> _Handle:
             _HANDLES.popitem(last=False)
         while len(_KNOWN) > 4 * _MAX_HANDLES:
             _KNOWN.pop(next(iter(_KNOWN)))
-    return h
 
 
 def verify(url: str, expected: ObjectInfo) -> None:
@@ -509,7 +576,9 @@ def _fill(fut: Future[bytes], h: _Handle, k: int) -> None:
         start = k * h.block_size
         end = min(start + h.block_size, h.size)
         data = _disk_get(h, k) if IO.cache_dir else None
-        if data is None or len(data) != end - start:
+        if data is not None and len(data) == end - start:
+            STATS.add(disk_hits=1)
+        else:
             data = h.fetch(start, end)
             if IO.cache_dir:
                 _disk_put(h, k, data)
@@ -587,6 +656,20 @@ def evict_disk_cache() -> int:
     return freed
 
 
+def _schedule(h: _Handle, spans: Iterable[tuple[int, int]]) -> None:
+    """Fetch the blocks of ``h`` that hold these byte spans, concurrently (at most a quarter of
+    the memory budget: hints must not evict what readers are using)."""
+    bs = h.block_size
+    budget = max(1, IO.memory_bytes // 4 // bs)
+    blocks: set[int] = set()
+    for start, end in spans:
+        start, end = max(0, int(start)), min(int(end), h.size)
+        if end > start:
+            blocks.update(range(start // bs, (end - 1) // bs + 1))
+    for k in sorted(blocks)[:budget]:
+        _block(h, k)
+
+
 class RemoteFile(io.RawIOBase):
     """A remote object as a seekable binary file (see the module docstring).
 
@@ -620,6 +703,11 @@ class RemoteFile(io.RawIOBase):
     def size(self) -> int:
         return self._h.size
 
+    @property
+    def version(self) -> str | None:
+        """The object's version (ETag, ...) this file reads."""
+        return self._h.info.version
+
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
         n = min(len(view), max(0, self._h.size - self._pos))
@@ -640,6 +728,12 @@ class RemoteFile(io.RawIOBase):
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0:
             size = max(0, self._h.size - self._pos)
+        bs = self._h.block_size
+        k, lo = divmod(self._pos, bs)
+        if lo + size <= bs:  # within one block (most reads): one slice, no copy into a buffer
+            data = self._get(k)[lo : lo + size]
+            self._pos += len(data)
+            return data
         buf = bytearray(min(size, max(0, self._h.size - self._pos)))
         n = self.readinto(buf)
         return bytes(buf[:n])
@@ -649,16 +743,8 @@ class RemoteFile(io.RawIOBase):
 
     # ---- prefetching
     def will_need(self, spans: Iterable[tuple[int, int]]) -> None:
-        """Fetch the blocks of these byte spans now, concurrently (at most half the memory budget)."""
-        bs = self._h.block_size
-        budget = max(1, IO.memory_bytes // 2 // bs)
-        blocks: list[int] = []
-        for start, end in spans:
-            start, end = max(0, int(start)), min(int(end), self._h.size)
-            if end > start:
-                blocks.extend(range(start // bs, (end - 1) // bs + 1))
-        for k in sorted(set(blocks))[:budget]:
-            _block(self._h, k)
+        """Fetch the blocks of these byte spans now, concurrently."""
+        _schedule(self._h, spans)
 
     def _get(self, k: int) -> bytes:
         if k == self._last + 1 or k == self._last:
@@ -671,6 +757,24 @@ class RemoteFile(io.RawIOBase):
             self._ahead = k
         self._last = k
         return _block(self._h, k).result()
+
+
+def prefetch(
+    url: str, spans: Callable[[], Iterable[tuple[int, int]] | None], expected: ObjectInfo | None = None
+) -> None:
+    """In the background: open ``url`` (checked against ``expected``) and fetch the blocks of
+    the spans ``spans()`` returns (it may read, e.g. a parquet footer). A stream calls this for
+    every file of a chunk as soon as the chunk is planned, so all of them are fetched at once
+    while earlier chunks are read. Failures are left to the read itself, which reports them."""
+
+    def run() -> None:
+        with contextlib.suppress(Exception):
+            h = _handle(url, expected)
+            wanted = spans()
+            if wanted:
+                _schedule(h, wanted)
+
+    _prepare_pool().submit(run)
 
 
 def open_input(path: str, expected: ObjectInfo | None = None) -> Any:

@@ -110,6 +110,8 @@ class Proxy:
     def __init__(self, target_port: int, latency: float = 0.0) -> None:
         self.target_port = target_port
         self.latency = latency
+        #: connections still to be cut right after their first request arrives (a flaky network)
+        self.cut_next = 0
         self.received = 0
         self._lock = threading.Lock()
         self._sock = socket.socket()
@@ -148,6 +150,10 @@ class Proxy:
                     if not data:
                         return
                     if s is client:
+                        with self._lock:
+                            cut, self.cut_next = self.cut_next > 0, max(0, self.cut_next - 1)
+                        if cut:
+                            return  # the request is lost and the connection reset
                         if awaiting_request and self.latency:
                             time.sleep(self.latency)
                         awaiting_request = False
@@ -161,3 +167,30 @@ class Proxy:
     def close(self) -> None:
         self._stop.set()
         self._sock.close()
+
+
+class ProxyProcess:
+    """A :class:`Proxy` in a process of its own (``python s3_server.py PORT LATENCY``), so that
+    forwarding bytes never competes for the GIL of the process being measured."""
+
+    def __init__(self, target_port: int, latency: float = 0.0) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, str(target_port), str(latency)], stdout=subprocess.PIPE, text=True
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.startswith("port "):
+            self.proc.kill()
+            raise RuntimeError(f"the proxy did not start: {line!r}")
+        self.port = int(line.split()[1])
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+if __name__ == "__main__":
+    proxy = Proxy(int(sys.argv[1]), float(sys.argv[2]))
+    print(f"port {proxy.port}", flush=True)
+    threading.Event().wait()

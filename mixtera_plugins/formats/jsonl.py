@@ -777,6 +777,16 @@ class JsonlFormat(DatasetFormat):
             for line, raw in _range_lines(cur, b, skipped):
                 yield line, _parse_line(path, line, raw)
 
+    def byte_spans(
+        self, path: str, ranges: Sequence[tuple[int, int]], read_index: bytes | None
+    ) -> list[tuple[int, int]] | None:
+        if read_index is None:
+            return None
+        stride, lines, offsets, _, frames_comp, frames_dec, size = _parsed_index(read_index)
+        return (
+            _byte_spans(ranges, _codec(path), stride, lines, offsets, frames_comp, frames_dec, size) or None
+        )
+
     def read_field(
         self, path: str, ranges: Sequence[tuple[int, int]], read_index: bytes | None, field: FieldRef
     ) -> Iterator[tuple[int, Any]]:

@@ -132,6 +132,20 @@ def _enumerate(path: str) -> tuple[list[_Sample], int]:
     return samples, size
 
 
+def _member_spans(
+    ranges: Sequence[tuple[int, int]], n: int, arrays: dict[str, np.ndarray]
+) -> list[tuple[int, int]]:
+    """The byte span of each range's members in the tar."""
+    first, offs, sizes = arrays["first_member"], arrays["member_offset"], arrays["member_size"]
+    spans = []
+    for a, b in ranges:
+        a, b = max(int(a), 0), min(int(b), n)
+        m0, m1 = (int(first[a]), int(first[b])) if a < b else (0, 0)
+        if m1 > m0:
+            spans.append((int(offs[m0:m1].min()), int((offs[m0:m1] + sizes[m0:m1]).max())))
+    return spans
+
+
 def _sample_size(s: _Sample) -> int:
     """The size of the ``txt`` member, else of the ``text`` member, else of all members."""
     for ext in ("txt", "text"):
@@ -322,6 +336,14 @@ class WebDatasetFormat(DatasetFormat):
         keys = arrays["keys"].tobytes().decode("utf-8", "surrogateescape").split("\0")
         return self._read(path, ranges, meta, arrays, keys)
 
+    def byte_spans(
+        self, path: str, ranges: Sequence[tuple[int, int]], read_index: bytes | None
+    ) -> list[tuple[int, int]] | None:
+        if read_index is None:
+            return None
+        header, arrays = unpack_index(read_index, "webdataset", INDEX_VERSION)
+        return _member_spans(ranges, int(header["meta"]["samples"]), arrays)
+
     @staticmethod
     def _read(
         path: str,
@@ -336,13 +358,7 @@ class WebDatasetFormat(DatasetFormat):
         ext_ids, offs, sizes = arrays["member_ext"], arrays["member_offset"], arrays["member_size"]
         skipped = frozenset(arrays["skipped"].tolist())
         with storage.open_input(path) as f:
-            spans = []
-            for a, b in ranges:  # each range's members, fetched at once from a remote tar
-                a, b = max(int(a), 0), min(int(b), n)
-                m0, m1 = (int(first[a]), int(first[b])) if a < b else (0, 0)
-                if m1 > m0:
-                    spans.append((int(offs[m0:m1].min()), int((offs[m0:m1] + sizes[m0:m1]).max())))
-            storage.will_need(f, spans)
+            storage.will_need(f, _member_spans(ranges, n, arrays))  # a remote tar: all at once
             for a, b in ranges:
                 for idx in range(max(int(a), 0), min(int(b), n)):
                     if idx in skipped:
