@@ -614,14 +614,15 @@ def _hint(e: MixteraError, args: argparse.Namespace) -> str:
     from_server = args.server and getattr(e, "grpc_code", None) is not None
     name = type(e).__name__
     if name == "ServerUnavailableError":
+        tls = "" if args.tls_ca else "; if it serves TLS, pass --tls-ca with its certificate"
         return (
-            f" Is mixtera-server running at {args.server}? (start one with "
-            f"`mixtera-server DB_DIR --port PORT`)"
+            f"Is mixtera-server running at {args.server}? (start one with "
+            f"`mixtera-server DB_DIR --port PORT`{tls})"
         )
     if name == "AuthenticationError":
-        return " Pass the server's token with --token-file F."
+        return "Pass the server's token with --token-file F."
     if name == "PermissionDeniedError" and from_server:
-        return " The server reads only files under its --allowed-root directories."
+        return "The server reads only files under its --allowed-root directories."
     return ""
 
 
@@ -631,7 +632,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except MixteraError as e:
         message = cli_wording(str(e)).rstrip()
-        print(f"mixtera: error: {type(e).__name__}: {message}{_hint(e, args)}", file=sys.stderr)
+        hint = _hint(e, args)
+        if hint:
+            message += (" " if message.endswith((".", "?", "!")) else ". ") + hint
+        print(f"mixtera: error: {type(e).__name__}: {message}", file=sys.stderr)
         return 1
 
 

@@ -486,6 +486,10 @@ def test_every_command_works_against_a_server(served, tmp_path, capsys, monkeypa
     assert "warning: property 'language' (mapped to 'meta.lang') has no value" in capsys.readouterr().out
     assert main([*target, "remove", "typo"]) == 0
     capsys.readouterr()
+    outside = write_jsonl(tmp_path / "elsewhere" / "x.jsonl", [{"text": "t", "meta": {"language": "c"}}])
+    assert main([*target, "register", "out", str(outside), "--field", "language=meta.language"]) == 1
+    err = capsys.readouterr().err
+    assert "PermissionDeniedError" in err and "only files under its --allowed-root directories" in err
 
     # while the server holds the catalog, --db on it is refused with a pointer to --server
     with pytest.raises(SystemExit, match="open in another process.*--server HOST:PORT"):
@@ -531,3 +535,49 @@ def test_server_errors_say_what_to_do(served, capsys):
     assert main(["--server", f"127.0.0.1:{server.port}", "--token-file", str(token), "datasets"]) == 1
     err = capsys.readouterr().err
     assert "ServerUnavailableError" in err and f"Is mixtera-server running at 127.0.0.1:{server.port}?" in err
+
+
+def test_demo_over_a_server(served, tmp_path, capsys):
+    server, _, token = served
+    target = ["--server", f"127.0.0.1:{server.port}", "--token-file", str(token)]
+    assert main([*target, "demo", "--out", str(tmp_path / "data" / "demo"), "--max-samples", "20"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "registered 'code'" in out
+        and "streamed" in out
+        and f"`mixtera {' '.join(target)} report demo-mix`" in out
+    )
+    assert not (tmp_path / "data" / "demo" / "db").exists()  # the server's catalog, not a local one
+    assert main([*target, "jobs"]) == 0
+    assert capsys.readouterr().out.startswith("demo-mix: samples, static mixture")
+
+
+def test_tls_server_with_tls_ca(tmp_path, capsys):
+    from test_server import Server
+
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        + ["-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost"]
+        + ["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        check=True,
+        capture_output=True,
+    )
+    root = corpus(tmp_path)
+    server = Server(
+        tmp_path / "db", "--tls-cert", str(cert), "--tls-key", str(key), "--allowed-root", str(root)
+    )
+    try:
+        target = ["--server", f"127.0.0.1:{server.port}", "--tls-ca", str(cert)]
+        assert (
+            main([*target, "register", "code", str(root), "--field", "language=meta.language", "--quiet"])
+            == 0
+        )
+        assert main(["datasets", *target]) == 0
+        assert "code: 2 files, 5 samples" in capsys.readouterr().out
+        assert main(["--server", f"127.0.0.1:{server.port}", "datasets"]) == 1  # TLS only
+        assert "if it serves TLS, pass --tls-ca" in capsys.readouterr().err
+    finally:
+        assert server.stop() == 0
