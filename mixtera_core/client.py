@@ -114,12 +114,16 @@ class MixteraClient(ABC):
         replace: bool = False,
         workers: int | None = None,
         progress: ProgressCallback | None = None,
+        storage_options: dict[str, Any] | None = None,
     ) -> RegistrationReport:
-        """Index every sample of ``location`` (file, directory, glob, or a list of them).
+        """Index every sample of ``location`` (file, directory, glob, URL, or a list of them).
 
         ``format`` and ``parser`` name plugins; ``parser_options`` go to the parser (for
         ``fields``: property -> field path). ``on_error="skip"`` skips malformed samples
         and counts them instead of failing. Atomic: on error the catalog is unchanged.
+        URLs (``s3://bucket/prefix/*.jsonl.zst``, any fsspec filesystem) connect with the
+        filesystem's standard configuration, or ``storage_options`` (fsspec's; secrets in
+        them are used, never stored: see :mod:`mixtera_core.storage`).
         """
 
     @abstractmethod
@@ -409,6 +413,7 @@ class LocalMixteraClient(MixteraClient):
         replace: bool = False,
         workers: int | None = None,
         progress: ProgressCallback | None = None,
+        storage_options: dict[str, Any] | None = None,
     ) -> RegistrationReport:
         fmt = self.plugins.format(format)
         options = dict(parser_options or {})
@@ -424,6 +429,7 @@ class LocalMixteraClient(MixteraClient):
             replace=replace,
             workers=workers,
             progress=progress,
+            storage_options=storage_options,
         )
         report.warnings.extend(_unmatched_properties(report, options))
         warn_registration(report)

@@ -477,7 +477,15 @@ class RemoteMixteraClient(MixteraClient):
         replace: bool = False,
         workers: int | None = None,
         progress: ProgressCallback | None = None,
+        storage_options: dict[str, Any] | None = None,
     ) -> RegistrationReport:
+        if storage_options:
+            # a client must not choose where the server connects (endpoints) or with whose keys
+            raise ValueError(
+                "storage_options cannot be sent to a server: the server reads object storage with its own "
+                "configuration (for S3 the AWS_* environment variables, AWS_ENDPOINT_URL included, or a "
+                "profile, in mixtera-server's environment)"
+            )
         items = [location] if isinstance(location, str | os.PathLike) else list(location)
         request = pb.RegisterRequest(
             name=name,

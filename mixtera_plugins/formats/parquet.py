@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from mixtera_core import storage
 from mixtera_core.errors import CorruptFileError, MalformedRecordError, MissingFieldError
 from mixtera_core.interfaces import DatasetFormat, FieldRef, FileScan, MetadataParser
 from mixtera_core.records import PropertyColumns, coerce, extract, lift_fields
@@ -45,13 +46,35 @@ _TEXT = "text"
 _HINT = "fix the value, declare another type in the parser options, or register with on_error='skip'"
 
 
-def _open(path: str) -> pq.ParquetFile:
+def _open(path: str, source: Any = None) -> pq.ParquetFile:
+    """``path`` as a ParquetFile; a remote one is read through ``source`` (a
+    :class:`~mixtera_core.storage.RemoteFile`, opened here unless given)."""
     try:
+        if storage.is_remote(path):
+            return pq.ParquetFile(source if source is not None else storage.open_input(path))
         return pq.ParquetFile(path)
     except FileNotFoundError:
         raise
     except (pa.ArrowException, OSError) as e:
         raise CorruptFileError(path, f"not a readable parquet file: {e}") from None
+
+
+def _group_spans(md: pq.FileMetaData, groups: set[int]) -> list[tuple[int, int]]:
+    """The byte span of each row group's column chunks (dictionary pages included)."""
+    spans = []
+    for g in sorted(groups):
+        rg = md.row_group(g)
+        lo, hi = None, 0
+        for j in range(rg.num_columns):
+            cc = rg.column(j)
+            start = cc.dictionary_page_offset if cc.has_dictionary_page else cc.data_page_offset
+            if start is None:
+                continue
+            lo = start if lo is None else min(lo, start)
+            hi = max(hi, start + cc.total_compressed_size)
+        if lo is not None and hi > lo:
+            spans.append((int(lo), int(hi)))
+    return spans
 
 
 def _columns_for(path: str, schema: pa.Schema, field_map: dict[str, FieldRef]) -> list[str]:
@@ -242,11 +265,17 @@ class ParquetFormat(DatasetFormat):
         if read_index is not None:
             _, arrays = unpack_index(read_index, "parquet", INDEX_VERSION)
             skipped = frozenset(arrays["skipped"].tolist())
-        pf = _open(path)
-        return self._read(path, pf, ranges, skipped)
+        source = storage.open_input(path) if storage.is_remote(path) else None
+        pf = _open(path, source)
+        return self._read(path, pf, ranges, skipped, source)
 
     def _read(
-        self, path: str, pf: pq.ParquetFile, ranges: Sequence[tuple[int, int]], skipped: frozenset[int]
+        self,
+        path: str,
+        pf: pq.ParquetFile,
+        ranges: Sequence[tuple[int, int]],
+        skipped: frozenset[int],
+        source: Any = None,
     ) -> Iterator[tuple[int, Any]]:
         md = pf.metadata
         group_rows = np.array([md.row_group(g).num_rows for g in range(md.num_row_groups)], dtype=np.int64)
@@ -256,6 +285,14 @@ class ParquetFormat(DatasetFormat):
         group = -1  # row group the batch iterator is in
         pos = 0  # first row of `batch`
         batch: pa.RecordBatch | None = None
+        if source is not None:  # a remote file: the row groups' column chunks, fetched at once
+            groups: set[int] = set()
+            for a, b in ranges:
+                if int(b) > int(a):
+                    lo = int(np.searchsorted(group_end, int(a), side="right"))
+                    hi = int(np.searchsorted(group_end, min(int(b), num_rows) - 1, side="right"))
+                    groups.update(range(lo, min(hi, md.num_row_groups - 1) + 1))
+            storage.will_need(source, _group_spans(md, groups))
         try:
             for a, b in ranges:
                 a, b = max(int(a), 0), min(int(b), num_rows)
