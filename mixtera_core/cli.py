@@ -195,8 +195,26 @@ def _progress_bar(total_hint: str) -> Any:
     return update
 
 
+def _storage_options(args: argparse.Namespace) -> dict[str, Any] | None:
+    if not args.storage_options:
+        return None
+    if args.server:
+        raise SystemExit(
+            "mixtera: --storage-options goes with --db: a server reads object storage with its own "
+            "configuration (for S3 the AWS_* variables or a profile in mixtera-server's environment)"
+        )
+    try:
+        options = json.loads(args.storage_options)
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"mixtera: --storage-options is not valid JSON: {e}") from None
+    if not isinstance(options, dict):
+        raise SystemExit("mixtera: --storage-options must be a JSON object")
+    return options
+
+
 def cmd_register(args: argparse.Namespace) -> int:
     options = _parse_options(args)
+    storage_options = _storage_options(args)
     with _client(args, create=True) as client, warnings.catch_warnings():
         warnings.simplefilter("ignore", RegistrationWarning)  # printed with the report below
         report = client.register_dataset(
@@ -209,6 +227,7 @@ def cmd_register(args: argparse.Namespace) -> int:
             replace=args.replace,
             workers=args.workers,
             progress=None if args.quiet or args.json else _progress_bar(f"register {args.name}"),
+            **({"storage_options": storage_options} if storage_options else {}),
         )
     if args.json:
         _print_json(dataclasses.asdict(report))
@@ -505,7 +524,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = command("register", help="index a dataset (file, directory or glob)")
     r.add_argument("name")
-    r.add_argument("location", nargs="+")
+    r.add_argument(
+        "location", nargs="+", help="file, directory, glob or URL (s3://..., any fsspec filesystem)"
+    )
     r.add_argument("--format", default="jsonl", help="format plugin (see `mixtera plugins`)")
     r.add_argument("--parser", default="fields", help="metadata parser plugin")
     r.add_argument("--options", help='parser options as JSON, e.g. \'{"language": "meta.language"}\'')
@@ -513,6 +534,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--on-error", choices=["fail", "skip"], default="fail")
     r.add_argument("--replace", action="store_true", help="re-register a dataset of the same name")
     r.add_argument("--workers", type=int, help="parallel file scans (default: cores)")
+    r.add_argument(
+        "--storage-options",
+        metavar="JSON",
+        help='fsspec options for URL locations, e.g. \'{"endpoint_url": "http://..."}\' (secrets are '
+        "used, never stored)",
+    )
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     _json_flag(r)
     r.set_defaults(func=cmd_register)

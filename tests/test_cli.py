@@ -581,3 +581,31 @@ def test_tls_server_with_tls_ca(tmp_path, capsys):
         assert "if it serves TLS, pass --tls-ca" in capsys.readouterr().err
     finally:
         assert server.stop() == 0
+
+
+def test_register_an_s3_location_with_storage_options(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("s3fs")
+    pytest.importorskip("moto")
+    from s3_server import MotoServer
+
+    root = corpus(tmp_path / "data")
+    server = MotoServer()
+    try:
+        server.upload_tree(root, "bucket", "d")
+        for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            monkeypatch.delenv(name, raising=False)  # the options alone say where and with whose keys
+        secret = "s3cr3t-only-in-this-process"
+        options = json.dumps({"endpoint_url": server.endpoint, "key": "testing", "secret": secret})
+        db = str(tmp_path / "db")
+        argv = ["register", "code", "s3://bucket/d", "--field", "language=meta.language", "--quiet"]
+        assert main(["--db", db, *argv, "--storage-options", options]) == 0
+        assert "registered 'code': 2 files, 5 samples" in capsys.readouterr().out
+        assert main(["--db", db, "properties", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out) == {"language": {"c": 2, "python": 3}}
+        assert not any(secret.encode() in p.read_bytes() for p in (tmp_path / "db").rglob("*") if p.is_file())
+        with pytest.raises(SystemExit, match="--storage-options goes with --db"):
+            main(["--server", "127.0.0.1:1", *argv, "--storage-options", options])
+        with pytest.raises(SystemExit, match="--storage-options must be a JSON object"):
+            main(["--db", db, *argv, "--storage-options", "[]"])
+    finally:
+        server.stop()
