@@ -212,12 +212,15 @@ class RegistrationReport:
     skipped: int = 0
     properties: dict[str, str] = field(default_factory=dict)
     skipped_by_file: dict[str, int] = field(default_factory=dict)
+    # property -> samples that have a value for it (0: the mapping matched nothing, likely a typo)
+    values_found: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         s = f"registered {self.dataset!r}: {self.files} files, {self.samples} samples"
         if self.skipped:
             s += f", {self.skipped} skipped"
-        return s
+        return "\n".join([s, *(f"warning: {w}" for w in self.warnings)])
 
 
 ProgressCallback = Callable[[str, int, int], None]  # (path, files done, files total)
@@ -472,7 +475,11 @@ class Catalog:
         with self._lock:
             self._check_registrable(self._con, name, schema, parser_name, replace)
         paths = resolve_files(location, fmt.matches, fmt.name, fmt.suffixes)
-        report = RegistrationReport(dataset=name, properties={p: t.name for p, t in schema.items()})
+        report = RegistrationReport(
+            dataset=name,
+            properties={p: t.name for p, t in schema.items()},
+            values_found=dict.fromkeys(schema, 0),
+        )
         workers = max(1, workers or min(len(paths), os.cpu_count() or 1))
         record_props = set(parser.record_schema())
 
@@ -575,6 +582,8 @@ class Catalog:
                     c.execute("INSERT INTO samples BY NAME SELECT * FROM _mixtera_batch")
                 finally:
                     c.unregister("_mixtera_batch")
+            for prop in schema if n else ():
+                report.values_found[prop] += n - result.properties.column(prop).null_count
             report.files += 1
             report.samples += n
             report.skipped += result.skipped

@@ -18,7 +18,6 @@ import io
 import json
 import math
 import os
-import re
 import threading
 import time
 from collections.abc import Mapping
@@ -32,8 +31,9 @@ import pyarrow.ipc as ipc
 from . import storage as storage_layer
 from .catalog import Catalog, FileFingerprint
 from .chunking import ON_EXHAUSTED, ChunkPlanner, ComponentOrders
-from .errors import MixteraError
+from .errors import JobError, MixteraError  # JobError lives in errors (light); importable from here too
 from .index import ChunkerIndex, build_chunker_index
+from .job_store import _JOB_ID
 from .mixture import (
     DynamicMixture,
     Mixture,
@@ -63,11 +63,6 @@ from .query import Query
 #: token-mode job, beside job.json (numpy .npy, float64, interval order).
 TOKENS_FILE = "sample_tokens.npy"
 BYTES_FILE = "sample_bytes.npy"
-_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
-
-
-class JobError(MixteraError, ValueError):
-    """A job spec is invalid, or a job id is unknown or reused with another spec."""
 
 
 @dataclass(frozen=True)

@@ -1334,6 +1334,27 @@ class MixteraService(pb_grpc.MixteraServicer):
             report = self.engine.report(request.job_id)
         return pb.Json(json=_dumps(asdict(report)))
 
+    @_unary
+    def ListJobs(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.Json:
+        self._barrier()  # the changes counted include the feedback acknowledged so far
+        return pb.Json(json=_dumps([info.to_json() for info in self.engine.list_jobs()]))
+
+    @_unary
+    def DeleteJob(self, request: pb.JobRequest, context: grpc.ServicerContext) -> pb.Empty:
+        """Forget the job (directory, planner, chunk cache, status); its running streams then
+        get NOT_FOUND. Under the job's locks, after the feedback acknowledged so far."""
+        slot = self._slot(request.job_id)  # NOT_FOUND for an unknown job
+        self._barrier()
+        with slot.algorithm, slot.lock:
+            self.engine.delete_job(request.job_id)
+            with self._slots_lock:
+                if self._slots.get(request.job_id) is slot:
+                    del self._slots[request.job_id]
+                self._cached_jobs.discard(request.job_id)
+            self._status.pop(request.job_id, None)
+            self._keys.pop(request.job_id, None)
+        return pb.Empty()
+
 
 def serve(
     service: MixteraService,
