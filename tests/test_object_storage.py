@@ -402,3 +402,19 @@ def test_transient_failures_are_retried(s3, tmp_path):
         )
     finally:
         proxy.close()
+
+
+def test_token_index_from_s3_equals_the_local_one(pair, small_bpe, tmp_path):
+    """``tokenize`` reads the objects through the same range reads; a job then streams from the
+    index exactly what the local index gives (jsonl.zst, jsonl.gz and parquet datasets; the
+    tars hold their text in a ``txt`` member)."""
+    out = []
+    for c in pair:
+        c.tokenize(["python", "c", "uk"], ("hf", str(small_bpe)))
+        job = c.execute(
+            Query.for_job("idx").select(("lang", "!=", "md")), {"lang=python": 0.5, "lang=c": 0.3, "lang=uk": 0.2},
+            tokenizer=("hf", str(small_bpe)), seq_len=128, chunk_size=64, seed=2, on_exhausted="repeat",
+        )  # fmt: skip
+        assert c.job(job).token_index is not None
+        out.append([s.tokens.copy() for _, s in zip(range(200), c.stream(job), strict=False)])
+    assert len(out[0]) == 200 and all(np.array_equal(a, b) for a, b in zip(*out, strict=True))
