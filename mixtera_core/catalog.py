@@ -50,6 +50,7 @@ import numpy as np
 import pyarrow as pa
 import zstandard
 
+from . import storage
 from .errors import (
     CatalogLockedError,
     DatasetExistsError,
@@ -102,7 +103,11 @@ class FileFingerprint:
 
     @classmethod
     def of(cls, path: str, region: str = "ends") -> FileFingerprint:
-        """The fingerprint of ``path`` as it is now."""
+        """The fingerprint of ``path`` as it is now. For a remote object (a URL) it is the size
+        and the version the store gives it (``content_hash`` ``"version:<ETag or equivalent>"``)."""
+        if storage.is_remote(path):
+            info = storage.object_info(path)
+            return cls(info.size, info.mtime_ns, None if info.version is None else f"version:{info.version}")
         st = os.stat(path)
         return cls(int(st.st_size), int(st.st_mtime_ns), _content_hash(path, region, int(st.st_size)))
 
@@ -114,7 +119,12 @@ class FileFingerprint:
         inode) of the file, so a file is hashed again only after it was written or touched. A
         file rewritten with the same size and new content is refused even when its mtime was
         restored (the ctime moves); a file merely touched is hashed once more and accepted.
+        A remote object is compared by size and version, once per process (see
+        :mod:`~mixtera_core.storage`: later range reads are conditional on that version).
         """
+        if storage.is_remote(path):
+            storage.verify(path, self.object_info())
+            return
         try:
             st = os.stat(path)
         except FileNotFoundError:
@@ -146,6 +156,13 @@ class FileFingerprint:
             if len(_VERIFIED) >= _VERIFIED_MAX:
                 _VERIFIED.clear()
             _VERIFIED[key] = state
+
+    def object_info(self) -> storage.ObjectInfo:
+        """This fingerprint as the storage layer's :class:`~mixtera_core.storage.ObjectInfo`."""
+        version = None
+        if self.content_hash is not None and self.content_hash.startswith("version:"):
+            version = self.content_hash[len("version:") :]
+        return storage.ObjectInfo(self.size, version, self.mtime_ns)
 
 
 # (path, fingerprint) -> the (size, mtime_ns, ctime_ns, inode) whose content hash matched, in
@@ -195,12 +212,15 @@ class RegistrationReport:
     skipped: int = 0
     properties: dict[str, str] = field(default_factory=dict)
     skipped_by_file: dict[str, int] = field(default_factory=dict)
+    # property -> samples that have a value for it (0: the mapping matched nothing, likely a typo)
+    values_found: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         s = f"registered {self.dataset!r}: {self.files} files, {self.samples} samples"
         if self.skipped:
             s += f", {self.skipped} skipped"
-        return s
+        return "\n".join([s, *(f"warning: {w}" for w in self.warnings)])
 
 
 ProgressCallback = Callable[[str, int, int], None]  # (path, files done, files total)
@@ -227,6 +247,8 @@ class Catalog:
                 self._con.close()
                 raise
             _OPEN_CATALOGS[os.path.realpath(self.db_dir)] = self
+        for prefix, options in self.storage_options().items():
+            storage.use_stored(prefix, options)
 
     @classmethod
     def opened(cls, db_dir: str | os.PathLike[str]) -> Catalog | None:
@@ -257,6 +279,8 @@ class Catalog:
             # the file fingerprints (see FileFingerprint), likewise NULL for older files
             c.execute("ALTER TABLE files ADD COLUMN IF NOT EXISTS mtime_ns BIGINT")
             c.execute("ALTER TABLE files ADD COLUMN IF NOT EXISTS content_hash VARCHAR")
+            # object storage: the dataset's public filesystem options, {"s3://bucket": {...}} (JSON)
+            c.execute("ALTER TABLE datasets ADD COLUMN IF NOT EXISTS storage_options VARCHAR")
             c.execute("""CREATE TABLE IF NOT EXISTS samples (
                 dataset_id INTEGER NOT NULL, file_id BIGINT NOT NULL, sample_index BIGINT NOT NULL)""")
             c.execute(
@@ -312,6 +336,17 @@ class Catalog:
                 "FROM datasets ORDER BY name"
             ).fetchall()
         return [DatasetInfo(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6], r[7]) for r in rows]
+
+    def storage_options(self) -> dict[str, dict[str, Any]]:
+        """The public filesystem options stored with the datasets, by URL prefix."""
+        with self._lock:
+            rows = self._con.execute(
+                "SELECT storage_options FROM datasets WHERE storage_options IS NOT NULL ORDER BY id"
+            ).fetchall()
+        out: dict[str, dict[str, Any]] = {}
+        for (blob,) in rows:
+            out.update(json.loads(blob))
+        return out
 
     def files(self, file_ids: Sequence[int] | None = None) -> dict[int, FileInfo]:
         sql = (
@@ -387,8 +422,13 @@ class Catalog:
         replace: bool = False,
         workers: int | None = None,
         progress: ProgressCallback | None = None,
+        storage_options: dict[str, Any] | None = None,
     ) -> RegistrationReport:
         """Scan every file of ``location`` with ``fmt``/``parser`` and add the dataset atomically.
+
+        ``storage_options`` (fsspec's, e.g. ``{"endpoint_url": ...}``) apply to the location's
+        URLs: all of them in this process (:func:`mixtera_core.storage.configure`), and all
+        but the secrets (keys, tokens, ...) are stored with the dataset for other processes.
 
         The files are scanned (and fingerprinted) by ``workers`` threads without holding the
         catalog lock; then, in one transaction under the lock, the name and the property types
@@ -418,11 +458,28 @@ class Catalog:
                 f"format plugin {fmt.name!r} has fingerprint_region {region!r}; "
                 f"it must be one of {FINGERPRINT_REGIONS} (a bug in the format plugin)"
             )
+        stored: dict[str, dict[str, Any]] = {}
+        if storage_options:
+            items = [location] if isinstance(location, str | os.PathLike) else list(location)
+            for url in {storage.bucket(os.fspath(i)) for i in items if storage.is_remote(os.fspath(i))}:
+                storage.configure(url, **storage_options)
+                stored[url] = storage.public_options(storage_options)
+                storage.use_stored(url, stored[url])
+        try:
+            stored_json = json.dumps(stored, sort_keys=True) if stored else None
+        except TypeError as e:
+            raise ValueError(
+                f"storage_options must be JSON-serializable (stored in the catalog): {e}"
+            ) from None
         # Fail fast, before the (slow) scan; decided again inside the transaction below.
         with self._lock:
             self._check_registrable(self._con, name, schema, parser_name, replace)
         paths = resolve_files(location, fmt.matches, fmt.name, fmt.suffixes)
-        report = RegistrationReport(dataset=name, properties={p: t.name for p, t in schema.items()})
+        report = RegistrationReport(
+            dataset=name,
+            properties={p: t.name for p, t in schema.items()},
+            values_found=dict.fromkeys(schema, 0),
+        )
         workers = max(1, workers or min(len(paths), os.cpu_count() or 1))
         record_props = set(parser.record_schema())
 
@@ -431,8 +488,15 @@ class Catalog:
             result = _with_file_properties(
                 fmt.scan(path, parser, on_error), path, parser, schema, record_props
             )
-            st = os.stat(path)
-            if (st.st_size, st.st_mtime_ns) != (before.size, before.mtime_ns):
+            now: tuple[Any, ...]
+            seen: tuple[Any, ...]
+            if storage.is_remote(path):
+                after = FileFingerprint.of(path, region)
+                now, seen = (after.size, after.content_hash), (before.size, before.content_hash)
+            else:
+                st = os.stat(path)
+                now, seen = (st.st_size, st.st_mtime_ns), (before.size, before.mtime_ns)
+            if now != seen:
                 raise FileChangedError(
                     path,
                     "it was modified while it was being registered; register the dataset once it is complete",
@@ -450,6 +514,8 @@ class Catalog:
                 self._insert(
                     c, name, location, fmt, parser_name, options_json, schema, paths, scanned, report
                 )
+                if stored_json is not None:
+                    c.execute("UPDATE datasets SET storage_options = ? WHERE name = ?", [stored_json, name])
                 self._bump_version(c)
         except duckdb.Error as e:
             raise MixteraError(
@@ -480,7 +546,8 @@ class Catalog:
         dataset_id = _one(c.execute("SELECT coalesce(max(id), 0) + 1 FROM datasets"))
         next_file = _one(c.execute("SELECT coalesce(max(id), 0) + 1 FROM files"))
         c.execute(
-            "INSERT INTO datasets VALUES (?, ?, ?, ?, ?, ?, 0, 0, 0)",
+            "INSERT INTO datasets (id, name, location, format, parser, parser_options, num_files, num_samples, "
+            "num_skipped) VALUES (?, ?, ?, ?, ?, ?, 0, 0, 0)",
             [dataset_id, name, _location_str(location), fmt.name, parser_name, options_json],
         )
         c.executemany("INSERT INTO dataset_properties VALUES (?, ?)", [[dataset_id, p] for p in schema])
@@ -515,6 +582,8 @@ class Catalog:
                     c.execute("INSERT INTO samples BY NAME SELECT * FROM _mixtera_batch")
                 finally:
                     c.unregister("_mixtera_batch")
+            for prop in schema if n else ():
+                report.values_found[prop] += n - result.properties.column(prop).null_count
             report.files += 1
             report.samples += n
             report.skipped += result.skipped

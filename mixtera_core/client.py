@@ -13,6 +13,7 @@ import numbers
 import os
 import sys
 import time
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from concurrent.futures import Executor
@@ -21,21 +22,21 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .catalog import Catalog, DatasetInfo, ProgressCallback, RegistrationReport
-from .errors import MixteraError
-from .index import ChunkerIndex, build_chunker_index
-from .job import Job, JobError, JobSpec, build_job, make_spec
-from .mixture import DynamicMixture, InferringMixture, Mixture, ScheduleMixture
-from .plugins import PluginManager, get_plugin_manager
-from .query import Query
-from .reading import SampleReader
+from .errors import JobError, MixteraError, RegistrationWarning
+from .job_store import JobInfo, JobNotFoundError, delete_job_dir, list_jobs, read_job_info
 from .report import ComponentInfo, Explanation, JobReport
-from .runtime import JobRuntime
-from .streaming import JobStream
-from .token_estimate import count_job_tokens
 
+# Query planning, jobs, streams and plugins are imported by the methods that use them: listing
+# datasets or jobs (the CLI's most common commands) then starts without them (benchmarks/startup.py).
 if TYPE_CHECKING:
-    from .job import TokenizerSpec
+    from .index import ChunkerIndex
+    from .job import Job, JobSpec, TokenizerSpec
+    from .mixture import Mixture
+    from .plugins import PluginManager
+    from .query import Query
     from .remote import RemoteMixteraClient
+    from .runtime import JobRuntime
+    from .streaming import JobStream
     from .token_index import TokenizeCallback, TokenizeReport
 
 Location = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
@@ -113,12 +114,16 @@ class MixteraClient(ABC):
         replace: bool = False,
         workers: int | None = None,
         progress: ProgressCallback | None = None,
+        storage_options: dict[str, Any] | None = None,
     ) -> RegistrationReport:
-        """Index every sample of ``location`` (file, directory, glob, or a list of them).
+        """Index every sample of ``location`` (file, directory, glob, URL, or a list of them).
 
         ``format`` and ``parser`` name plugins; ``parser_options`` go to the parser (for
         ``fields``: property -> field path). ``on_error="skip"`` skips malformed samples
         and counts them instead of failing. Atomic: on error the catalog is unchanged.
+        URLs (``s3://bucket/prefix/*.jsonl.zst``, any fsspec filesystem) connect with the
+        filesystem's standard configuration, or ``storage_options`` (fsspec's; secrets in
+        them are used, never stored: see :mod:`mixtera_core.storage`).
         """
 
     @abstractmethod
@@ -182,6 +187,23 @@ class MixteraClient(ABC):
     @abstractmethod
     def report(self, job_id: str) -> JobReport:
         """Target vs delivered share per key so far."""
+
+    @abstractmethod
+    def list_jobs(self) -> list[JobInfo]:
+        """Every job the catalog keeps (``DB_DIR/jobs``), sorted by id."""
+
+    def job_info(self, job_id: str) -> JobInfo:
+        """The :class:`~mixtera_core.job_store.JobInfo` of one job."""
+        for info in self.list_jobs():
+            if info.job_id == job_id:
+                return info
+        raise JobNotFoundError(f"no job {job_id!r} in this catalog; list_jobs() names the jobs there")
+
+    @abstractmethod
+    def delete_job(self, job_id: str) -> None:
+        """Remove a job and everything saved with it (mixture log, algorithm state, delivered
+        counts). Streams of the job that are still running fail afterwards; the data files and
+        the catalog are untouched. Executing the same spec again builds it anew."""
 
     @abstractmethod
     def peek(
@@ -290,6 +312,41 @@ def launcher_rank() -> int:
     return 0
 
 
+def warn_registration(report: RegistrationReport) -> None:
+    """Raise the report's warnings as :class:`~mixtera_core.errors.RegistrationWarning` (shown
+    once per call site by default; ``print(report)`` shows them too)."""
+    for text in report.warnings:
+        warnings.warn(text, RegistrationWarning, stacklevel=3)
+
+
+def _unmatched_properties(report: RegistrationReport, options: dict[str, Any]) -> list[str]:
+    """Warnings for the properties no sample of a registration has a value for: a field path
+    that matches nothing is almost always a typo, and would otherwise show up much later as a
+    query or a mixture key that selects nothing."""
+    if not report.samples:
+        return []
+    out = []
+    for prop, found in report.values_found.items():
+        if found:
+            continue
+        option = options.get(prop)
+        regex = option.get("path_regex") if isinstance(option, dict) else None
+        if isinstance(option, dict):
+            option = option.get("path")
+        what = f"property {prop!r}"
+        advice = "check the parser's options"
+        if isinstance(regex, str):
+            what += f" (path_regex '{regex}')"
+            advice = "the regex matched no file path; check it against the paths"
+        elif isinstance(option, str):
+            what += f" (mapped to {option!r})"
+            advice = "check the field path (a misspelled path matches nothing)"
+        out.append(
+            f"{what} has no value in any of the {report.samples} samples of {report.dataset!r}: {advice}"
+        )
+    return out
+
+
 class LocalMixteraClient(MixteraClient):
     """Embedded client: catalog, query execution and reading in this process."""
 
@@ -306,7 +363,7 @@ class LocalMixteraClient(MixteraClient):
         (see ``MixingAlgorithm.executor``); the server passes a process pool. ``rank``: see
         :meth:`MixteraClient.local`; ``job_timeout``: how long a rank other than 0 waits for
         rank 0 to build a job."""
-        self.plugins = plugins or get_plugin_manager()
+        self._plugins = plugins
         self.algorithm_executor = algorithm_executor
         self.db_dir = os.path.abspath(os.fspath(db_dir))
         self.rank = launcher_rank() if rank is None else int(rank)
@@ -317,6 +374,15 @@ class LocalMixteraClient(MixteraClient):
         self._streams: dict[str, list[JobStream]] = {}
         self._runtimes: dict[str, JobRuntime] = {}
         self._compact_at: dict[str, int] = {}  # log entries beyond which the job is compacted
+
+    @property
+    def plugins(self) -> PluginManager:
+        """The plugin manager, loaded on first use: listing datasets or jobs needs no plugin."""
+        from .plugins import get_plugin_manager
+
+        if self._plugins is None:
+            self._plugins = get_plugin_manager()
+        return self._plugins
 
     @property
     def owner(self) -> bool:
@@ -347,11 +413,12 @@ class LocalMixteraClient(MixteraClient):
         replace: bool = False,
         workers: int | None = None,
         progress: ProgressCallback | None = None,
+        storage_options: dict[str, Any] | None = None,
     ) -> RegistrationReport:
         fmt = self.plugins.format(format)
         options = dict(parser_options or {})
         parser_obj = self.plugins.parser(parser, **options)
-        return self.catalog.register(
+        report = self.catalog.register(
             name,
             location,
             fmt,
@@ -362,7 +429,11 @@ class LocalMixteraClient(MixteraClient):
             replace=replace,
             workers=workers,
             progress=progress,
+            storage_options=storage_options,
         )
+        report.warnings.extend(_unmatched_properties(report, options))
+        warn_registration(report)
+        return report
 
     def list_datasets(self) -> list[DatasetInfo]:
         return self.catalog.list_datasets()
@@ -409,6 +480,8 @@ class LocalMixteraClient(MixteraClient):
         )
 
     def chunker_index(self, query: Query, properties: Sequence[str] | None = None) -> ChunkerIndex:
+        from .index import build_chunker_index
+
         return build_chunker_index(self.catalog, query, properties)
 
     def explain(
@@ -424,6 +497,10 @@ class LocalMixteraClient(MixteraClient):
         tokenizer_options: dict[str, Any] | None = None,
         token_estimate_samples: int = 2048,
     ) -> Explanation:
+        from .job import build_job, make_spec
+        from .mixture import InferringMixture
+        from .token_estimate import count_job_tokens
+
         if mixture is None:
             if samples is not None or tokens is not None or tokenizer is not None:
                 raise JobError("a budget (samples=/tokens=) or tokenizer needs a mixture to explain")
@@ -514,6 +591,8 @@ class LocalMixteraClient(MixteraClient):
     def peek(
         self, query: Query, n: int = 3, properties: Sequence[str] | None = None
     ) -> list[tuple[str, Any]]:
+        from .reading import SampleReader
+
         index = self.chunker_index(query, properties)
         reader = SampleReader(self.catalog, self.plugins)
         out: list[tuple[str, Any]] = []
@@ -540,6 +619,8 @@ class LocalMixteraClient(MixteraClient):
         return os.path.join(self.db_dir, "jobs", job_id)
 
     def execute(self, query: Query, mixture: Mixture | dict[str, float] | None = None, **options: Any) -> str:
+        from .job import make_spec
+
         spec = make_spec(query, mixture, **options)
         if not self.owner:
             self._await_job(spec)
@@ -556,6 +637,10 @@ class LocalMixteraClient(MixteraClient):
         return spec.job_id
 
     def _build(self, spec: JobSpec) -> Job:
+        from .job import build_job
+        from .mixture import DynamicMixture, InferringMixture
+        from .token_estimate import count_job_tokens
+
         job = build_job(self.catalog, spec)
         mixture = job.mixture
         if spec.token_mode:
@@ -571,6 +656,8 @@ class LocalMixteraClient(MixteraClient):
         return job
 
     def _new_algorithm(self, job: Job) -> Any:
+        from .mixture import DynamicMixture
+
         mixture = job.mixture
         assert isinstance(mixture, DynamicMixture)
         cls = self.plugins.mixing_algorithm(mixture.algorithm)
@@ -602,6 +689,9 @@ class LocalMixteraClient(MixteraClient):
             pause = min(pause * 2, 0.25)
 
     def _find_job(self, job_id: str) -> Job | None:
+        from .job import Job
+        from .mixture import DynamicMixture
+
         if job_id in self._jobs:
             return self._jobs[job_id]
         directory = self._job_dir(job_id)
@@ -624,6 +714,18 @@ class LocalMixteraClient(MixteraClient):
             return job
         return None
 
+    def list_jobs(self) -> list[JobInfo]:
+        return list_jobs(self.db_dir)
+
+    def job_info(self, job_id: str) -> JobInfo:
+        return read_job_info(self.db_dir, job_id)
+
+    def delete_job(self, job_id: str) -> None:
+        self._owner_only("delete_job()")
+        delete_job_dir(self.db_dir, job_id)
+        for held in (self._jobs, self._algorithms, self._streams, self._runtimes, self._compact_at):
+            held.pop(job_id, None)  # type: ignore[attr-defined]
+
     def job(self, job_id: str) -> Job:
         job = self._find_job(job_id)
         if job is None:
@@ -637,6 +739,8 @@ class LocalMixteraClient(MixteraClient):
         if state is not None:
             options.setdefault("dp_groups", state.get("dp_groups"))
             options.setdefault("num_workers", state.get("num_workers"))
+        from .streaming import JobStream
+
         s = JobStream(self.job(job_id), dp_group, node, worker, plugins=self.plugins, **options)
         if state is not None:
             s.load_state_dict(state)
@@ -659,6 +763,8 @@ class LocalMixteraClient(MixteraClient):
 
     def runtime(self, job_id: str) -> JobRuntime:
         """The central planner of a job (what a server uses to hand out chunk descriptors)."""
+        from .runtime import JobRuntime
+
         if job_id not in self._runtimes:
             self._runtimes[job_id] = JobRuntime(self.job(job_id))
         return self._runtimes[job_id]
@@ -691,6 +797,7 @@ class LocalMixteraClient(MixteraClient):
         }
 
     def restore(self, job_id: str, state: dict[str, Any]) -> None:
+        from .job import JobSpec
         from .mixture_log import WeightsLog
 
         self._owner_only("restore()")
@@ -817,6 +924,8 @@ class LocalMixteraClient(MixteraClient):
     def report_step(self, job_id: str, step: int, position: int | None = None) -> None:
         """The training step reached; with ``position`` it also decides the mixture of a dynamic
         job up to ``position + 1 + feedback_delay`` (for steps that send no feedback)."""
+        from .mixture import ScheduleMixture
+
         self._owner_only("report_step()")
         job = self.job(job_id)
         self._check_position(position)

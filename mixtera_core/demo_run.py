@@ -17,7 +17,18 @@ from .demo import build_demo_corpus
 from .query import Query
 
 
-def run_demo(out_dir: str, db_dir: str | None = None, max_samples_per_domain: int | None = None) -> None:
+def run_demo(
+    out_dir: str,
+    db_dir: str | None = None,
+    max_samples_per_domain: int | None = None,
+    *,
+    client: MixteraClient | None = None,
+    target: str | None = None,
+) -> None:
+    """Build the corpus under ``out_dir`` and run the tour on an embedded catalog (``db_dir``,
+    default ``out_dir/db``) or on ``client`` (e.g. a remote one: the corpus must then lie under
+    the server's allowed roots). ``target``: the CLI options that name the catalog, for the
+    commands suggested at the end."""
     out_dir = os.path.abspath(out_dir)
     t0 = time.perf_counter()
     corpus = build_demo_corpus(os.path.join(out_dir, "corpus"), max_samples_per_domain=max_samples_per_domain)
@@ -25,7 +36,9 @@ def run_demo(out_dir: str, db_dir: str | None = None, max_samples_per_domain: in
     print(f"(built in {time.perf_counter() - t0:.1f}s)\n")
 
     db_dir = db_dir or os.path.join(out_dir, "db")
-    with MixteraClient.local(db_dir) as client:
+    where = f"catalog {db_dir}" if client is None else "catalog"
+    target = target or f"--db {db_dir}"
+    with client if client is not None else MixteraClient.local(db_dir, rank=0) as client:
         for ds in corpus.datasets.values():
             t0 = time.perf_counter()
             report = client.register_dataset(
@@ -38,7 +51,7 @@ def run_demo(out_dir: str, db_dir: str | None = None, max_samples_per_domain: in
             )
             print(f"{report} [{ds.format}] in {time.perf_counter() - t0:.2f}s")
 
-        print(f"\ncatalog {db_dir}: properties")
+        print(f"\n{where}: properties")
         for prop, values in client.properties().items():
             shown = ", ".join(f"{v}={n}" for v, n in list(values.items())[:8])
             more = f", ... ({len(values)} values)" if len(values) > 8 else ""
@@ -69,5 +82,5 @@ def run_demo(out_dir: str, db_dir: str | None = None, max_samples_per_domain: in
             streamed += sum(1 for _ in itertools.islice(client.stream(job, dp_group=group), 2000))
         print(f"\nstreamed {streamed} samples from both groups in {time.perf_counter() - t0:.2f}s:")
         print(textwrap.indent(str(client.report(job)), "  "))
-        print(f"\nnext: `mixtera --db {db_dir} explain --where 'language==c' --by language,topics`")
-        print(f"      `mixtera --db {db_dir} report demo-mix`")
+        print(f"\nnext: `mixtera {target} explain --where 'language==c' --by language,topics`")
+        print(f"      `mixtera {target} report demo-mix`")

@@ -90,6 +90,10 @@ class MissingFieldError(MixteraError, KeyError):
         return str(self.args[0])
 
 
+class JobError(MixteraError, ValueError):
+    """A job spec is invalid, or a job id is unknown or reused with another spec."""
+
+
 class QueryError(MixteraError, ValueError):
     """A query names an unknown property, an unknown operator or a value of the wrong type."""
 
@@ -145,3 +149,8 @@ class PlanningLimitError(MixteraError, ValueError):
 class SnapshotSignatureError(PlannerStateError):
     """A planner snapshot sent to a server lacks the server's signature or does not verify: it
     was changed, is for another job, or was handed out by another server."""
+
+
+class RegistrationWarning(UserWarning):
+    """A registration succeeded but looks wrong: e.g. a mapped property has no value in any
+    sample (a misspelled field path). The registration report lists the same warnings."""

@@ -174,6 +174,18 @@ class DatasetFormat(ABC):
         for jsonl and parquet, ``{"__key__": ..., ext: bytes}`` for webdataset).
         """
 
+    def byte_spans(
+        self, path: str, ranges: Sequence[tuple[int, int]], read_index: bytes | None
+    ) -> list[tuple[int, int]] | None:
+        """The byte spans of ``path`` that reading ``ranges`` will touch, or None (unknown).
+
+        Optional. For a remote file a stream fetches these spans at once, concurrently and
+        ahead of the read (:func:`mixtera_core.storage.prefetch`), instead of one range request
+        after the other as the read reaches them. Over-estimating costs bandwidth, leaving
+        bytes out costs a round trip when the read gets there; both stay correct.
+        """
+        return None
+
     def read_field(
         self, path: str, ranges: Sequence[tuple[int, int]], read_index: bytes | None, field: FieldRef
     ) -> Iterator[tuple[int, Any]]:

@@ -18,7 +18,6 @@ import io
 import json
 import math
 import os
-import re
 import threading
 import time
 from collections.abc import Mapping
@@ -29,10 +28,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
+from . import storage as storage_layer
 from .catalog import Catalog, FileFingerprint
 from .chunking import ON_EXHAUSTED, ChunkPlanner, ComponentOrders
-from .errors import MixteraError
+from .errors import JobError, MixteraError  # JobError lives in errors (light); importable from here too
 from .index import ChunkerIndex, build_chunker_index
+from .job_store import _JOB_ID
 from .mixture import (
     DynamicMixture,
     Mixture,
@@ -62,11 +63,6 @@ from .query import Query
 #: token-mode job, beside job.json (numpy .npy, float64, interval order).
 TOKENS_FILE = "sample_tokens.npy"
 BYTES_FILE = "sample_bytes.npy"
-_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
-
-
-class JobError(MixteraError, ValueError):
-    """A job spec is invalid, or a job id is unknown or reused with another spec."""
 
 
 @dataclass(frozen=True)
@@ -251,6 +247,9 @@ class Job:
     _unsaved: list[dict[str, Any]] = field(default_factory=list, repr=False, compare=False)
     # bumped by every rewrite of job.json (compaction, restore): followers reload on a new one
     generation: int = field(default=0, compare=False)
+    # object storage: the public filesystem options of the job's remote files, by URL prefix
+    # (see mixtera_core.storage); every process that reads the job connects with them
+    storage: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False)
     _owner_pid: int = field(default_factory=os.getpid, repr=False, compare=False)
     _changed: threading.Condition = field(default_factory=threading.Condition, repr=False, compare=False)
 
@@ -419,6 +418,12 @@ class Job:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._changed = threading.Condition()
+        self.use_storage_options()
+
+    def use_storage_options(self) -> None:
+        """Make this process connect to the job's remote files as registration did."""
+        for prefix, options in self.storage.items():
+            storage_layer.use_stored(prefix, options)
 
     # ------------------------------------------------------------------ persistence
 
@@ -460,7 +465,7 @@ class Job:
         }
         comps = [MixtureKey.of_component(index.component_values(c)) for c in range(index.num_components)]
         resolved = Mixture.from_json(spec.mixture).resolve(comps, index.component_sizes(), 0)
-        return cls(
+        job = cls(
             spec=spec,
             index=index,
             component_keys=comps,
@@ -471,7 +476,10 @@ class Job:
             catalog_version=meta["catalog_version"],
             changes=meta.get("changes", []),
             generation=int(meta.get("generation", 0)),
+            storage=meta.get("storage", {}),
         )
+        job.use_storage_options()
+        return job
 
     def save(self, directory: str) -> None:
         os.makedirs(directory, exist_ok=True)
@@ -537,6 +545,7 @@ class Job:
                 "token_index": self.token_index,
                 "catalog_version": self.catalog_version,
                 "generation": self.generation,
+                "storage": self.storage,
             }
         ).encode()
 
@@ -621,7 +630,11 @@ def build_job(catalog: Catalog, spec: JobSpec) -> Job:
         fid: FileEntry(infos[fid].path, infos[fid].format, catalog.read_index(fid), infos[fid].fingerprint)
         for fid in file_ids
     }
-    return Job(spec, index, comps, resolved, log, files, None, index.catalog_version)
+    remote = {storage_layer.bucket(f.path) for f in files.values() if storage_layer.is_remote(f.path)}
+    options = {p: o for p, o in catalog.storage_options().items() if p in remote}
+    job = Job(spec, index, comps, resolved, log, files, None, index.catalog_version)
+    job.storage = options
+    return job
 
 
 def make_spec(

@@ -1,4 +1,4 @@
-"""Resolve a dataset location (file, directory, glob, or a list of them) to absolute file paths.
+"""Resolve a dataset location (file, directory, glob, URL, or a list of them) to absolute file paths or URLs.
 
 Patterns from a remote client (a server's registrations) are held to more: :func:`check_glob`
 bounds a glob's length and its recursive parts, and :func:`client_regex` compiles a regular
@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from . import storage
 from .errors import DatasetLocationError, InvalidPropertyError
 
 _GLOB_CHARS = set("*?[")
@@ -73,7 +74,9 @@ def resolve_files(
 
     A file is taken as given (whatever its suffix: the user named it). Directories are
     walked recursively and globs (``**`` allowed) expanded; from those, only files the
-    format claims (``matches``) are kept. Hidden files and directories are ignored.
+    format claims (``matches``) are kept. Hidden files and directories are ignored. URLs of
+    an fsspec filesystem (``s3://bucket/prefix/*.jsonl.zst``) are resolved the same way by
+    :func:`mixtera_core.storage.resolve_remote` and kept as URLs; ``file://`` is a local path.
     """
     items = [location] if isinstance(location, str | os.PathLike) else list(location)
     if not items:
@@ -81,7 +84,10 @@ def resolve_files(
     found: set[str] = set()
     for item in items:
         raw = os.fspath(item)
-        path = os.path.abspath(os.path.expanduser(raw))
+        if storage.is_remote(raw):
+            found.update(storage.resolve_remote(raw, matches, format_name, suffixes))
+            continue
+        path = storage.local_path(raw)
         if _GLOB_CHARS & set(raw):
             hits = [os.path.abspath(p) for p in glob.glob(path, recursive=True)]
             files = [p for p in hits if os.path.isfile(p) and matches(p)]

@@ -34,7 +34,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -42,9 +42,10 @@ import numpy as np
 
 from .catalog import DatasetInfo, ProgressCallback, RegistrationReport
 from .chunking import Chunk
-from .client import Location, MixteraClient
+from .client import Location, MixteraClient, warn_registration
 from .errors import MixteraError
 from .job import Job, TokenizerSpec, make_spec
+from .job_store import JobInfo
 from .mixture import Mixture, as_mixture
 from .mixture_log import DEFAULT_MIXTURE_TIMEOUT, MixtureUnknownError, ProcessLocalLock
 from .plugins import PluginManager, get_plugin_manager
@@ -476,7 +477,15 @@ class RemoteMixteraClient(MixteraClient):
         replace: bool = False,
         workers: int | None = None,
         progress: ProgressCallback | None = None,
+        storage_options: dict[str, Any] | None = None,
     ) -> RegistrationReport:
+        if storage_options:
+            # a client must not choose where the server connects (endpoints) or with whose keys
+            raise ValueError(
+                "storage_options cannot be sent to a server: the server reads object storage with its own "
+                "configuration (for S3 the AWS_* environment variables, AWS_ENDPOINT_URL included, or a "
+                "profile, in mixtera-server's environment)"
+            )
         items = [location] if isinstance(location, str | os.PathLike) else list(location)
         request = pb.RegisterRequest(
             name=name,
@@ -496,7 +505,9 @@ class RemoteMixteraClient(MixteraClient):
                 progress(message.path, int(message.files_done), int(message.files_total))
         if not report_json:
             raise RemoteError(f"the server ended the registration of {name!r} without a report")
-        return RegistrationReport(**json.loads(report_json))
+        report = RegistrationReport(**json.loads(report_json))
+        warn_registration(report)
+        return report
 
     def list_datasets(self) -> list[DatasetInfo]:
         reply = self._call.unary("ListDatasets", pb.Empty())
@@ -635,6 +646,16 @@ class RemoteMixteraClient(MixteraClient):
         result: dict[str, Any] = json.loads(self._call.unary("JobStatus", pb.JobRequest(job_id=job_id)).json)
         return result
 
+    def list_jobs(self) -> list[JobInfo]:
+        reply = self._call.unary("ListJobs", pb.Empty())
+        return [JobInfo.from_json(d) for d in json.loads(reply.json)]
+
+    def delete_job(self, job_id: str) -> None:
+        self._call.unary("DeleteJob", pb.JobRequest(job_id=job_id), idempotent=False)
+        with self._lock:
+            self._jobs.pop(job_id, None)
+            self._streams.pop(job_id, None)
+
     def stream(
         self, job_id: str, dp_group: int = 0, node: int = 0, worker: int = 0, **options: Any
     ) -> JobStream:
@@ -733,10 +754,4 @@ class RemoteMixteraClient(MixteraClient):
 
 
 def explanation_to_json(explanation: Explanation) -> dict[str, Any]:
-    return {
-        "properties": list(explanation.properties),
-        "components": [asdict(c) for c in explanation.components],
-        "warnings": list(explanation.warnings),
-        "unit": explanation.unit,
-        "token_counts": explanation.token_counts,
-    }
+    return explanation.to_json()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
@@ -35,6 +35,16 @@ class Explanation:
     @property
     def total_samples(self) -> int:
         return sum(c.samples for c in self.components)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able dict (the wire format of ``Explain``; ``mixtera explain --json``)."""
+        return {
+            "properties": list(self.properties),
+            "components": [asdict(c) for c in self.components],
+            "warnings": list(self.warnings),
+            "unit": self.unit,
+            "token_counts": self.token_counts,
+        }
 
     def __str__(self) -> str:
         if not self.components:

@@ -23,6 +23,7 @@ ready; ``read_threads`` (default 2) chunks are read at once, and handed over in 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
@@ -33,6 +34,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from . import storage
 from .background import parallel_map, prefetch
 from .chunking import Chunk, ChunkPlanner
 from .errors import MixteraError
@@ -122,6 +124,21 @@ class _FileReaders:
     def __init__(self, job: Job, plugins: PluginManager) -> None:
         self.job = job
         self.plugins = plugins
+
+    def prepare(self, chunk: Chunk) -> None:
+        """Start fetching the chunk's remote files (all of them at once, in the background) so
+        that its read finds their bytes in memory; local files need nothing."""
+        for file_id, ranges in file_ranges(chunk).items():
+            entry = self.job.files[file_id]
+            if not storage.is_remote(entry.path):
+                continue
+            fmt = self.plugins.format(entry.format)
+            expected = None if entry.fingerprint is None else entry.fingerprint.object_info()
+            storage.prefetch(
+                entry.path,
+                functools.partial(fmt.byte_spans, entry.path, ranges, entry.read_index),
+                expected,
+            )
 
     def read(self, file_id: int, ranges: list[tuple[int, int]]) -> Iterator[tuple[int, Any]]:
         entry = self.job.files[file_id]
@@ -481,10 +498,23 @@ class JobStream:
         ``prefetch`` ahead; in token mode another thread tokenizes, so reading the next chunks
         overlaps tokenizing this one."""
         name = f"mixtera-prefetch-{self.job.spec.job_id}"
-        chunks = parallel_map(self._reader(), self._planned(), self.read_threads, self.prefetch, name)
+        planned = self._planned()
+        if self.readers is None and not self._indexed():
+            planned = self._preparing(planned, _FileReaders(self.job, self.plugins))
+        chunks = parallel_map(self._reader(), planned, self.read_threads, self.prefetch, name)
         if self.job.spec.tokenizer is None or self._indexed():
             return chunks
         return prefetch(self._tokenized(chunks), self.prefetch, name + "-tokenize")
+
+    @staticmethod
+    def _preparing(
+        planned: Iterator[tuple[Chunk, int, dict[str, Any]]], readers: _FileReaders
+    ) -> Iterator[tuple[Chunk, int, dict[str, Any]]]:
+        """Planned chunks, each one's remote files set fetching as soon as it is planned (chunks
+        are planned ``prefetch + read_threads`` ahead of the one being consumed)."""
+        for item in planned:
+            readers.prepare(item[0])
+            yield item
 
     # -------------------------------------------------------------- consuming
 

@@ -57,6 +57,7 @@ from typing import Any
 
 import numpy as np
 
+from . import storage
 from .catalog import Catalog, FileFingerprint
 from .errors import (
     FileChangedError,
@@ -348,7 +349,7 @@ class TokenIndex:
                     f"run tokenize on its dataset with the same tokenizer and settings"
                 )
             try:
-                st = os.stat(path)
+                st = storage.stat(path)
             except FileNotFoundError:
                 raise _stale(path, meta.get("dataset"), "the file no longer exists") from None
             if st.st_size != meta["size"] or st.st_mtime_ns != meta["mtime_ns"]:
@@ -640,7 +641,7 @@ class _Builder:
         final_json = _meta_path(d, f.id, "json")
         with contextlib.suppress(FileNotFoundError):
             os.remove(final_json)  # tokenized again: no reader may pair new arrays with the old record
-        before = os.stat(f.path)
+        before = storage.stat(f.path)
         present = _present_indices(self.catalog, f.id)
         n = int(present[-1]) + 1 if len(present) else 0
         lengths = np.zeros(n, dtype=np.int64)
@@ -684,7 +685,7 @@ class _Builder:
                 flush()
             out.flush()
             os.fsync(out.fileno())
-        after = os.stat(f.path)
+        after = storage.stat(f.path)
         if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
             raise _stale(f.path, f.dataset, "it changed while it was being tokenized")
         offsets = np.zeros(n + 1, dtype="<i8")
@@ -733,7 +734,7 @@ def _plan(
     done: list[dict[str, Any]] = []
     for f in files:
         try:
-            st = os.stat(f.path)
+            st = storage.stat(f.path)
         except FileNotFoundError:
             raise _stale(f.path, f.dataset, "the file no longer exists") from None
         if f.size_bytes is not None and st.st_size != f.size_bytes:

@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="DIR",
-        help="only register and read files under DIR (symlinks resolved; repeatable). Default: the "
+        help="only register and read files under DIR (symlinks resolved), or objects under a URL prefix "
+        "such as s3://bucket/prefix (repeatable). Default: the "
         "server's working directory plus the directories of the datasets registered at start",
     )
     p.add_argument(

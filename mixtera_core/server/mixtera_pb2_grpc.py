@@ -124,6 +124,16 @@ class MixteraStub:
                 request_serializer=mixtera__core_dot_server_dot_mixtera__pb2.TokenizeRequest.SerializeToString,
                 response_deserializer=mixtera__core_dot_server_dot_mixtera__pb2.TokenizeProgress.FromString,
                 _registered_method=True)
+        self.ListJobs = channel.unary_unary(
+                '/mixtera.v1.Mixtera/ListJobs',
+                request_serializer=mixtera__core_dot_server_dot_mixtera__pb2.Empty.SerializeToString,
+                response_deserializer=mixtera__core_dot_server_dot_mixtera__pb2.Json.FromString,
+                _registered_method=True)
+        self.DeleteJob = channel.unary_unary(
+                '/mixtera.v1.Mixtera/DeleteJob',
+                request_serializer=mixtera__core_dot_server_dot_mixtera__pb2.JobRequest.SerializeToString,
+                response_deserializer=mixtera__core_dot_server_dot_mixtera__pb2.Empty.FromString,
+                _registered_method=True)
 
 
 class MixteraServicer:
@@ -241,6 +251,20 @@ class MixteraServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListJobs(self, request, context):
+        """[JobInfo.to_json(), ...]: every job saved in DB_DIR/jobs
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteJob(self, request, context):
+        """the job's directory and the server's state of it
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MixteraServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -333,6 +357,16 @@ def add_MixteraServicer_to_server(servicer, server):
                     servicer.Tokenize,
                     request_deserializer=mixtera__core_dot_server_dot_mixtera__pb2.TokenizeRequest.FromString,
                     response_serializer=mixtera__core_dot_server_dot_mixtera__pb2.TokenizeProgress.SerializeToString,
+            ),
+            'ListJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobs,
+                    request_deserializer=mixtera__core_dot_server_dot_mixtera__pb2.Empty.FromString,
+                    response_serializer=mixtera__core_dot_server_dot_mixtera__pb2.Json.SerializeToString,
+            ),
+            'DeleteJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteJob,
+                    request_deserializer=mixtera__core_dot_server_dot_mixtera__pb2.JobRequest.FromString,
+                    response_serializer=mixtera__core_dot_server_dot_mixtera__pb2.Empty.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -821,6 +855,60 @@ class Mixtera:
             '/mixtera.v1.Mixtera/Tokenize',
             mixtera__core_dot_server_dot_mixtera__pb2.TokenizeRequest.SerializeToString,
             mixtera__core_dot_server_dot_mixtera__pb2.TokenizeProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mixtera.v1.Mixtera/ListJobs',
+            mixtera__core_dot_server_dot_mixtera__pb2.Empty.SerializeToString,
+            mixtera__core_dot_server_dot_mixtera__pb2.Json.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mixtera.v1.Mixtera/DeleteJob',
+            mixtera__core_dot_server_dot_mixtera__pb2.JobRequest.SerializeToString,
+            mixtera__core_dot_server_dot_mixtera__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,

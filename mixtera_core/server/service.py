@@ -74,6 +74,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from .. import storage
 from ..client import LocalMixteraClient
 from ..errors import (
     CorruptFileError,
@@ -328,26 +329,45 @@ def _dumps(obj: Any) -> str:
 
 
 class AllowedRoots:
-    """Directories the server may read from; a path counts by its real path (symlinks resolved)."""
+    """Where the server may read: local directories (a path counts by its real path, symlinks
+    resolved) and URL prefixes of object storage (``s3://bucket/prefix``: the objects under it)."""
 
     def __init__(self, roots: Sequence[str | os.PathLike[str]]) -> None:
-        self.roots = sorted({os.path.realpath(os.fspath(r)) for r in roots})
+        local = {os.path.realpath(os.fspath(r)) for r in roots if not storage.is_remote(os.fspath(r))}
+        remote = {os.fspath(r).rstrip("/") for r in roots if storage.is_remote(os.fspath(r))}
+        self.roots = sorted(local | remote)
 
     def allows(self, path: str) -> bool:
-        real = os.path.realpath(path)
-        return any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in self.roots)
+        if storage.is_remote(path):
+            if any(part in (".", "..") for part in path.split("://", 1)[1].split("/")):
+                return False  # stores differ on whether they resolve these: never across a root
+            return any(path == r or path.startswith(r + "/") for r in self.roots if storage.is_remote(r))
+        real = os.path.realpath(storage.local_path(path))
+        return any(
+            real == r or real.startswith(r.rstrip(os.sep) + os.sep)
+            for r in self.roots
+            if not storage.is_remote(r)
+        )
 
     def check(self, path: str, shown: str | None = None) -> None:
         if not self.allows(path):
             raise _Abort(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"{shown or path} is outside the server's allowed roots ({', '.join(self.roots)}); "
-                f"start mixtera-server with --allowed-root for its directory",
+                f"start mixtera-server with --allowed-root for its directory (or URL prefix, s3://bucket/prefix)",
             )
 
     def check_location(self, raw: str) -> None:
         """Refuse a location (file, directory or glob) outside the roots before touching it."""
-        path = os.path.abspath(os.path.expanduser(raw))
+        if storage.is_remote(raw):
+            path = raw
+            if _GLOB_CHARS & set(raw):
+                parts = raw.split("/")
+                first = next(i for i, p in enumerate(parts) if _GLOB_CHARS & set(p))
+                path = "/".join(parts[:first])
+            self.check(path.rstrip("/"), raw)
+            return
+        path = storage.local_path(raw)
         if _GLOB_CHARS & set(raw):
             parts = path.split(os.sep)
             first = next(i for i, p in enumerate(parts) if _GLOB_CHARS & set(p))
@@ -433,7 +453,7 @@ def default_roots(engine: LocalMixteraClient) -> list[str]:
             f"the server's working directory is {why}, which would let every client read any file under "
             f"it; name the directories the server may read with --allowed-root DIR (repeatable)"
         )
-    dirs = {os.path.dirname(f.path) for f in engine.catalog.files().values()}
+    dirs = {os.path.dirname(f.path) for f in engine.catalog.files().values() if not storage.is_remote(f.path)}
     return [os.getcwd(), *sorted(dirs)]
 
 
@@ -1347,6 +1367,27 @@ class MixteraService(pb_grpc.MixteraServicer):
         with slot.lock:
             report = self.engine.report(request.job_id)
         return pb.Json(json=_dumps(asdict(report)))
+
+    @_unary
+    def ListJobs(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.Json:
+        self._barrier()  # the changes counted include the feedback acknowledged so far
+        return pb.Json(json=_dumps([info.to_json() for info in self.engine.list_jobs()]))
+
+    @_unary
+    def DeleteJob(self, request: pb.JobRequest, context: grpc.ServicerContext) -> pb.Empty:
+        """Forget the job (directory, planner, chunk cache, status); its running streams then
+        get NOT_FOUND. Under the job's locks, after the feedback acknowledged so far."""
+        slot = self._slot(request.job_id)  # NOT_FOUND for an unknown job
+        self._barrier()
+        with slot.algorithm, slot.lock:
+            self.engine.delete_job(request.job_id)
+            with self._slots_lock:
+                if self._slots.get(request.job_id) is slot:
+                    del self._slots[request.job_id]
+                self._cached_jobs.discard(request.job_id)
+            self._status.pop(request.job_id, None)
+            self._keys.pop(request.job_id, None)
+        return pb.Empty()
 
 
 def serve(

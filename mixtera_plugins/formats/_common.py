@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -24,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import zstandard
 
+from mixtera_core import storage
 from mixtera_core.errors import FileChangedError, MalformedRecordError
 from mixtera_core.interfaces import ON_ERROR_CHOICES
 from mixtera_core.properties import PropertyType
@@ -170,7 +170,7 @@ def check_unchanged(path: str, registered_size: int) -> None:
     A cheap guard for every reader of the format (the catalog's fingerprint, checked by the
     streams, also catches same-size rewrites); raises FileChangedError."""
     try:
-        now = os.path.getsize(path)
+        now = storage.size(path)
     except FileNotFoundError:
         raise FileChangedError(path, "it no longer exists") from None
     if now != registered_size:

@@ -64,6 +64,7 @@ import pyarrow as pa
 import pyarrow.json as pajson
 import zstandard
 
+from mixtera_core import storage
 from mixtera_core.background import prefetch
 from mixtera_core.errors import CorruptFileError, MalformedRecordError
 from mixtera_core.interfaces import DatasetFormat, FieldRef, FileScan, MetadataParser
@@ -270,7 +271,7 @@ class _ByteSource:
         self.codec = codec
         self.frames_comp = frames_comp
         self.frames_dec = frames_dec
-        self.f: BinaryIO = open(path, "rb")  # noqa: SIM115 (closed by close())
+        self.f: BinaryIO = storage.open_input(path)
         self.pos = 0  # decompressed offset of the next byte read() returns
         self._gen: Iterator[bytes] | None = None
         self._head = b""  # decompressed bytes already produced but not returned yet
@@ -400,6 +401,42 @@ def _range_lines(cur: _LineCursor, stop: int, skipped: frozenset[int]) -> Iterat
         if line in skipped or (raw[:1] != b"{" and not raw.strip()):
             continue
         yield line, raw
+
+
+def _byte_spans(
+    ranges: Sequence[tuple[int, int]],
+    codec: str,
+    stride: int,
+    lines: int,
+    offsets: np.ndarray,
+    frames_comp: np.ndarray,
+    frames_dec: np.ndarray,
+    file_size: int,
+) -> list[tuple[int, int]]:
+    """The stored (compressed) byte spans that reading ``ranges`` of lines touches: from the
+    checkpoint (and, compressed, the frame) at or before each range's first line to the one
+    after its last. What a remote file fetches at once (:func:`mixtera_core.storage.will_need`).
+    None for a compressed file of one frame: any line of it is decompressed from the start, and
+    the reader's readahead serves that pass."""
+    spans: list[tuple[int, int]] = []
+    if codec != "none" and len(frames_dec) < 2:
+        return spans
+    for a, b in ranges:
+        a, b = max(int(a), 0), min(int(b), lines)
+        if a >= b:
+            continue
+        lo = int(offsets[min(a // stride, len(offsets) - 1)])
+        k_hi = -(-b // stride)
+        hi = int(offsets[k_hi]) if k_hi < len(offsets) else None
+        if codec != "none":
+            f_lo = max(int(np.searchsorted(frames_dec, lo, side="right")) - 1, 0)
+            f_hi = int(np.searchsorted(frames_dec, hi, side="left")) if hi is not None else len(frames_dec)
+            spans.append(
+                (int(frames_comp[f_lo]), int(frames_comp[f_hi]) if f_hi < len(frames_comp) else file_size)
+            )
+        else:
+            spans.append((lo, hi if hi is not None else file_size))
+    return spans
 
 
 def _parse_line(path: str, line: int, raw: bytes) -> Any:
@@ -672,8 +709,9 @@ class JsonlFormat(DatasetFormat):
                 frames.append((comp, dec))
 
         with contextlib.ExitStack() as stack:
-            f = stack.enter_context(open(path, "rb"))
-            file_size = os.fstat(f.fileno()).st_size
+            f = stack.enter_context(storage.open_input(path))
+            file_size = f.seek(0, os.SEEK_END)
+            f.seek(0)
             if codec == "none":
                 chunks: Iterator[bytes] = iter(lambda: f.read(self.block_size), b"")
             else:
@@ -739,6 +777,16 @@ class JsonlFormat(DatasetFormat):
             for line, raw in _range_lines(cur, b, skipped):
                 yield line, _parse_line(path, line, raw)
 
+    def byte_spans(
+        self, path: str, ranges: Sequence[tuple[int, int]], read_index: bytes | None
+    ) -> list[tuple[int, int]] | None:
+        if read_index is None:
+            return None
+        stride, lines, offsets, _, frames_comp, frames_dec, size = _parsed_index(read_index)
+        return (
+            _byte_spans(ranges, _codec(path), stride, lines, offsets, frames_comp, frames_dec, size) or None
+        )
+
     def read_field(
         self, path: str, ranges: Sequence[tuple[int, int]], read_index: bytes | None, field: FieldRef
     ) -> Iterator[tuple[int, Any]]:
@@ -799,6 +847,9 @@ class JsonlFormat(DatasetFormat):
             path, lambda: _LineCursor(_ByteSource(path, codec, frames_comp, frames_dec)), frames_dec
         )
         keep = read_index is not None
+        if lines is not None and storage.is_remote(path):
+            spans = _byte_spans(ranges, codec, stride, lines, offsets, frames_comp, frames_dec, size)
+            storage.will_need(cur.src.f, spans)
         try:
             for a, b in ranges:
                 a = max(int(a), 0)

@@ -25,6 +25,9 @@ registration (:class:`~mixtera_core.errors.FileChangedError`).
 
 from __future__ import annotations
 
+import os
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -33,6 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from mixtera_core import storage
 from mixtera_core.errors import CorruptFileError, MalformedRecordError, MissingFieldError
 from mixtera_core.interfaces import DatasetFormat, FieldRef, FileScan, MetadataParser
 from mixtera_core.records import PropertyColumns, coerce, extract, lift_fields
@@ -45,13 +49,69 @@ _TEXT = "text"
 _HINT = "fix the value, declare another type in the parser options, or register with on_error='skip'"
 
 
-def _open(path: str) -> pq.ParquetFile:
+#: footers parsed already, by (path, size, mtime_ns or version): a stream opens a file for
+#: every chunk, and parsing its footer again each time costs as much as reading a row group
+_FOOTERS: OrderedDict[tuple[str, int, Any], pq.FileMetaData] = OrderedDict()
+_FOOTERS_LOCK = threading.Lock()
+_MAX_FOOTERS = 256
+
+
+def _open(path: str, source: Any = None) -> pq.ParquetFile:
+    """``path`` as a ParquetFile; a remote one is read through ``source`` (a
+    :class:`~mixtera_core.storage.RemoteFile`, opened here unless given)."""
     try:
-        return pq.ParquetFile(path)
+        if storage.is_remote(path):
+            src = source if source is not None else storage.open_input(path)
+            key = (path, int(src.size), src.version)
+        else:
+            src = path
+            st = os.stat(path)
+            key = (path, int(st.st_size), int(st.st_mtime_ns))
+        with _FOOTERS_LOCK:
+            md = _FOOTERS.get(key)
+        pf = pq.ParquetFile(src, metadata=md)
+        if md is None:
+            with _FOOTERS_LOCK:
+                _FOOTERS[key] = pf.metadata
+                while len(_FOOTERS) > _MAX_FOOTERS:
+                    _FOOTERS.popitem(last=False)
+        return pf
     except FileNotFoundError:
         raise
     except (pa.ArrowException, OSError) as e:
         raise CorruptFileError(path, f"not a readable parquet file: {e}") from None
+
+
+def _groups(md: pq.FileMetaData, ranges: Sequence[tuple[int, int]]) -> set[int]:
+    """The row groups that hold rows of ``ranges``."""
+    group_end = np.cumsum([md.row_group(g).num_rows for g in range(md.num_row_groups)])
+    num_rows = int(group_end[-1]) if len(group_end) else 0
+    groups: set[int] = set()
+    for a, b in ranges:
+        a, b = max(int(a), 0), min(int(b), num_rows)
+        if b > a:
+            lo = int(np.searchsorted(group_end, a, side="right"))
+            hi = int(np.searchsorted(group_end, b - 1, side="right"))
+            groups.update(range(lo, min(hi, md.num_row_groups - 1) + 1))
+    return groups
+
+
+def _group_spans(md: pq.FileMetaData, groups: set[int]) -> list[tuple[int, int]]:
+    """The byte span of each row group's column chunks (dictionary pages included)."""
+    spans = []
+    for g in sorted(groups):
+        rg = md.row_group(g)
+        lo, hi = None, 0
+        for j in range(rg.num_columns):
+            cc = rg.column(j)
+            start = cc.dictionary_page_offset if cc.has_dictionary_page else cc.data_page_offset
+            if start is None:
+                continue
+            lo = start if lo is None else min(lo, start)
+            hi = max(hi, start + cc.total_compressed_size)
+        if lo is not None and hi > lo:
+            spans.append((int(lo), int(hi)))
+    return spans
 
 
 def _columns_for(path: str, schema: pa.Schema, field_map: dict[str, FieldRef]) -> list[str]:
@@ -242,11 +302,25 @@ class ParquetFormat(DatasetFormat):
         if read_index is not None:
             _, arrays = unpack_index(read_index, "parquet", INDEX_VERSION)
             skipped = frozenset(arrays["skipped"].tolist())
-        pf = _open(path)
-        return self._read(path, pf, ranges, skipped)
+        source = storage.open_input(path) if storage.is_remote(path) else None
+        pf = _open(path, source)
+        return self._read(path, pf, ranges, skipped, source)
+
+    def byte_spans(
+        self, path: str, ranges: Sequence[tuple[int, int]], read_index: bytes | None
+    ) -> list[tuple[int, int]] | None:
+        """The column chunks of the row groups the ranges touch (reads the footer: for a remote
+        file that fetch is cached, and the read reuses it)."""
+        md = _open(path).metadata
+        return _group_spans(md, _groups(md, ranges))
 
     def _read(
-        self, path: str, pf: pq.ParquetFile, ranges: Sequence[tuple[int, int]], skipped: frozenset[int]
+        self,
+        path: str,
+        pf: pq.ParquetFile,
+        ranges: Sequence[tuple[int, int]],
+        skipped: frozenset[int],
+        source: Any = None,
     ) -> Iterator[tuple[int, Any]]:
         md = pf.metadata
         group_rows = np.array([md.row_group(g).num_rows for g in range(md.num_row_groups)], dtype=np.int64)
@@ -256,6 +330,8 @@ class ParquetFormat(DatasetFormat):
         group = -1  # row group the batch iterator is in
         pos = 0  # first row of `batch`
         batch: pa.RecordBatch | None = None
+        if source is not None:  # a remote file: the row groups' column chunks, fetched at once
+            storage.will_need(source, _group_spans(md, _groups(md, ranges)))
         try:
             for a, b in ranges:
                 a, b = max(int(a), 0), min(int(b), num_rows)

@@ -42,6 +42,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from mixtera_core import storage
 from mixtera_core.errors import CorruptFileError, MalformedRecordError
 from mixtera_core.interfaces import DatasetFormat, FileScan, MetadataParser
 from mixtera_core.properties import PropertyType
@@ -82,8 +83,9 @@ def _enumerate(path: str) -> tuple[list[_Sample], int]:
 
     samples: list[_Sample] = []
     cur: _Sample | None = None
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
+    with storage.open_input(path) as f:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(0)
         try:
             with tarfile.open(fileobj=f, mode="r:") as tf:
                 for ti in tf:
@@ -128,6 +130,20 @@ def _enumerate(path: str) -> tuple[list[_Sample], int]:
                 raise CorruptFileError(path, f"broken tar archive: unreadable header at byte {bad}")
             pos += len(chunk)
     return samples, size
+
+
+def _member_spans(
+    ranges: Sequence[tuple[int, int]], n: int, arrays: dict[str, np.ndarray]
+) -> list[tuple[int, int]]:
+    """The byte span of each range's members in the tar."""
+    first, offs, sizes = arrays["first_member"], arrays["member_offset"], arrays["member_size"]
+    spans = []
+    for a, b in ranges:
+        a, b = max(int(a), 0), min(int(b), n)
+        m0, m1 = (int(first[a]), int(first[b])) if a < b else (0, 0)
+        if m1 > m0:
+            spans.append((int(offs[m0:m1].min()), int((offs[m0:m1] + sizes[m0:m1]).max())))
+    return spans
 
 
 def _sample_size(s: _Sample) -> int:
@@ -212,7 +228,7 @@ class WebDatasetFormat(DatasetFormat):
         field_map = parser.field_map()
         cols = _SampleColumns(schema, path, samples)
         skipped: list[int] = []
-        with open(path, "rb") as f:
+        with storage.open_input(path) as f:
             for idx, s in enumerate(samples):
                 try:
                     if s.error is not None:
@@ -320,6 +336,14 @@ class WebDatasetFormat(DatasetFormat):
         keys = arrays["keys"].tobytes().decode("utf-8", "surrogateescape").split("\0")
         return self._read(path, ranges, meta, arrays, keys)
 
+    def byte_spans(
+        self, path: str, ranges: Sequence[tuple[int, int]], read_index: bytes | None
+    ) -> list[tuple[int, int]] | None:
+        if read_index is None:
+            return None
+        header, arrays = unpack_index(read_index, "webdataset", INDEX_VERSION)
+        return _member_spans(ranges, int(header["meta"]["samples"]), arrays)
+
     @staticmethod
     def _read(
         path: str,
@@ -333,7 +357,8 @@ class WebDatasetFormat(DatasetFormat):
         first = arrays["first_member"]
         ext_ids, offs, sizes = arrays["member_ext"], arrays["member_offset"], arrays["member_size"]
         skipped = frozenset(arrays["skipped"].tolist())
-        with open(path, "rb") as f:
+        with storage.open_input(path) as f:
+            storage.will_need(f, _member_spans(ranges, n, arrays))  # a remote tar: all at once
             for a, b in ranges:
                 for idx in range(max(int(a), 0), min(int(b), n)):
                     if idx in skipped:

@@ -112,7 +112,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
-from scipy.signal import savgol_filter
 
 from mixtera_core.interfaces import MixingAlgorithm
 
@@ -792,6 +791,10 @@ class ADO(MixingAlgorithm):
             if window % 2 == 0:
                 window -= 1
             if self.savgol_window > 0 and window > self.savgol_polyorder:
+                # imported here: scipy takes ~1 s to import, and loading the plugins (any CLI command,
+                # any client) must not pay for it
+                from scipy.signal import savgol_filter
+
                 loss = savgol_filter(loss, window, self.savgol_polyorder)
             out.append((n, loss, rec[first:] / self.subsample))
         return out
