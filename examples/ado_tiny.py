@@ -120,9 +120,9 @@ def train(client: MixteraClient, run: str, tokenizer: str, args: argparse.Namesp
     reporter = FeedbackReporter(client, job_id, len(keys)) if isinstance(mixture, DynamicMixture) else None
     rows: list[Row] = []
     for step, batch in enumerate(loader, start=1):
-        logits = model(batch["input_ids"]).logits  # labels are already shifted
-        token_loss = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), reduction="none")
-        token_loss = token_loss.view_as(batch["labels"])
+        logits = model(batch["input_ids"]).logits  # targets are already shifted
+        token_loss = F.cross_entropy(logits.flatten(0, 1), batch["targets"].flatten(), reduction="none")
+        token_loss = token_loss.view_as(batch["targets"])
         token_loss.mean().backward()
         opt.step()
         opt.zero_grad()

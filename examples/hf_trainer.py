@@ -1,12 +1,14 @@
 """Train a tiny GPT-2 with the Hugging Face Trainer on the demo corpus, static and dynamic mixture.
 
 Runs on the CPU in well under a minute and downloads nothing (corpus from Python's own
-sources, a small BPE trained on it, a 2-layer GPT-2 with random initialisation). The
-dataset is a :class:`~mixtera_core.torch.MixteraDataset`; :class:`MixteraTrainer`
-computes per-token losses in ``compute_loss`` and its callback sends per-domain feedback
-to the mixing algorithm (dynamic run) and writes ``mixtera_state.json`` into every
-checkpoint. The dynamic run stops half-way and resumes from its checkpoint with
-``train(resume_from_checkpoint=True)``: the data continues exactly where it stopped.
+sources, a small BPE trained on it, a 2-layer GPT-2 with random initialisation). A plain
+``transformers.Trainer`` gets its training and eval data from a :class:`MixteraCallback`: 5% of
+every domain is held out (:func:`~mixtera_core.holdout.execute_split`) and evaluated per domain;
+the model computes its own loss from unshifted labels, the callback sends per-domain feedback to
+the mixing algorithm (dynamic run), adds per-domain losses and the mixture weights to the logs
+and keeps the data position in every checkpoint. The dynamic run stops half-way and resumes
+from its checkpoint with ``train(resume_from_checkpoint=True)``: the data continues exactly
+where it stopped.
 
     python examples/hf_trainer.py [--steps 40] [--algorithm loss_weighted] [--out hf_out]
 """
@@ -18,14 +20,15 @@ import os
 import time
 
 import torch
-from mixtera_integrations.hf import MixteraTrainer, mixtera_dataset
+from mixtera_integrations.hf import MixteraCallback
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GPT2Config, GPT2LMHeadModel, TrainingArguments
+from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 from transformers.utils import logging as hf_logging
 
 from mixtera_core import MixteraClient, Query
 from mixtera_core.client import LocalMixteraClient
 from mixtera_core.demo import build_demo_corpus
+from mixtera_core.holdout import Holdout, execute_split
 from mixtera_core.mixture import DynamicMixture, Mixture, StaticMixture
 
 DOMAINS = ["language=python", "language=c", "language=en"]
@@ -46,12 +49,13 @@ def train_tokenizer(client: MixteraClient, path: str, vocab: int) -> str:
 
 
 def make_trainer(
-    client: MixteraClient, job_id: str, args: argparse.Namespace, out: str, steps: int
-) -> MixteraTrainer:
+    client: MixteraClient, job_ids: tuple[str, str], args: argparse.Namespace, out: str, steps: int
+) -> Trainer:
     torch.manual_seed(0)
     model = GPT2LMHeadModel(
         GPT2Config(vocab_size=args.vocab, n_positions=args.seq_len, n_embd=64, n_layer=2, n_head=2)
     )
+    model.loss_type = "ForCausalLM"  # (GPT-2's class name names no loss; see README, Trainer integrations)
     training_args = TrainingArguments(
         output_dir=out,
         max_steps=steps,
@@ -62,20 +66,32 @@ def make_trainer(
         report_to=[],
         save_strategy="steps",
         save_steps=max(1, args.steps // 2),
+        eval_strategy="steps",
+        eval_steps=max(1, args.steps // 2),
         logging_steps=max(1, args.steps // 4),
         disable_tqdm=True,
     )
-    return MixteraTrainer(
-        model=model, args=training_args, train_dataset=mixtera_dataset(client, job_id), mixtera_client=client
+    mixtera = MixteraCallback(client, job_ids[0], eval_job=job_ids[1], eval_sequences=32)
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=mixtera.train_dataset,
+        eval_dataset=mixtera.eval_dataset,
+        data_collator=mixtera.collator,
+        callbacks=[mixtera],
     )
+    mixtera.attach(trainer)
+    return trainer
 
 
 def run(
     client: LocalMixteraClient, name: str, mixture: Mixture, tokenizer: str, args: argparse.Namespace
 ) -> None:
-    job_id = client.execute(
+    job_ids = execute_split(
+        client,
         Query.for_job(f"hf-{name}"),
         mixture,
+        Holdout(0.05, seed=0),
         tokenizer=("hf", tokenizer),
         seq_len=args.seq_len,
         chunk_size=256,
@@ -84,17 +100,22 @@ def run(
     )
     out = os.path.join(args.out, name)
     if name == "dynamic":  # stop half-way, then resume from the checkpoint in a new trainer
-        make_trainer(client, job_id, args, out, args.steps // 2).train()
-        result = make_trainer(client, job_id, args, out, args.steps).train(resume_from_checkpoint=True)
+        make_trainer(client, job_ids, args, out, args.steps // 2).train()
+        trainer = make_trainer(client, job_ids, args, out, args.steps)
+        result = trainer.train(resume_from_checkpoint=True)
     else:
-        result = make_trainer(client, job_id, args, out, args.steps).train()
-    job = client.job(job_id)
-    weights = job.log.at(job.log.entries[-1][0])
-    per_key = [float(weights[job.resolved.component_key == k].sum()) for k in range(len(job.key_names))]
-    shown = ", ".join(f"{k.split('=')[-1]} {w:.2f}" for k, w in zip(job.key_names, per_key, strict=True))
+        trainer = make_trainer(client, job_ids, args, out, args.steps)
+        result = trainer.train()
+    weights = client.mixture_weights(job_ids[0])
+    shown = ", ".join(f"{k.split('=')[-1]} {w:.2f}" for k, w in weights.items())
+    evaluation = [r for r in trainer.state.log_history if "eval_loss" in r][-1]
+    held_out = ", ".join(
+        f"{k.split('=')[-1]} {v:.2f}" for k, v in evaluation.items() if k.startswith("eval_loss/")
+    )
     print(
-        f"{name:>8}: step {result.global_step}: weights {shown} | mixture changes {len(job.changes)} | "
-        f"mean training loss {result.training_loss:.2f}"
+        f"{name:>8}: step {result.global_step}: weights {shown} | mixture changes "
+        f"{len(client.job(job_ids[0]).changes)} | mean training loss {result.training_loss:.2f} | "
+        f"held-out loss per domain {held_out}"
     )
 
 

@@ -6,8 +6,10 @@ trained on it, the model a 2-layer GPT-2 with random initialisation. The data co
 :class:`~mixtera_integrations.lightning.MixteraDataModule`; with the dynamic mixture
 :class:`~mixtera_integrations.lightning.MixteraFeedbackCallback` sends per-domain losses
 (the module returns ``{"loss", "token_loss"}`` from ``training_step``) and the mixing
-algorithm moves the weights. Checkpoints (``<out>/<run>/``) hold the data position:
-``Trainer.fit(..., ckpt_path=...)`` continues the stream exactly.
+algorithm moves the weights. 5% of every domain is held out (``holdout=Holdout(...)``) and
+validated on per domain; the mixture weights and the per-domain training and validation losses
+go to a ``CSVLogger`` (``<out>/<run>/lightning_logs/version_0/metrics.csv``). Checkpoints hold the
+data position: ``Trainer.fit(..., ckpt_path=...)`` continues the stream exactly.
 
     python examples/lightning_train.py [--steps 40] [--algorithm loss_weighted] [--out lightning_out]
 """
@@ -21,6 +23,7 @@ import time
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.loggers import CSVLogger
 from mixtera_integrations.lightning import MixteraDataModule, MixteraFeedbackCallback
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel
@@ -28,6 +31,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from mixtera_core import MixteraClient, Query
 from mixtera_core.client import LocalMixteraClient
 from mixtera_core.demo import build_demo_corpus
+from mixtera_core.holdout import Holdout
 from mixtera_core.mixture import DynamicMixture, Mixture, StaticMixture
 
 DOMAINS = ["language=python", "language=c", "language=en"]
@@ -55,14 +59,20 @@ class TinyGPT(L.LightningModule):
         )
         self.losses: list[float] = []
 
+    def token_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = self.model(input_ids=batch["input_ids"]).logits  # targets are already shifted
+        return F.cross_entropy(logits.flatten(0, 1), batch["targets"].flatten(), reduction="none").view_as(
+            batch["targets"]
+        )
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        logits = self.model(input_ids=batch["input_ids"]).logits  # labels are already shifted
-        token_loss = F.cross_entropy(
-            logits.flatten(0, 1), batch["labels"].flatten(), reduction="none"
-        ).view_as(batch["labels"])
+        token_loss = self.token_loss(batch)
         loss = token_loss.mean()
         self.losses.append(float(loss.detach()))
         return {"loss": loss, "token_loss": token_loss}  # token_loss feeds MixteraFeedbackCallback
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        return {"token_loss": self.token_loss(batch)}  # per-domain validation loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.parameters(), lr=1e-3)
@@ -82,6 +92,8 @@ def run(
         chunk_size=256,
         seed=0,
         on_exhausted="repeat",
+        holdout=Holdout(0.05, seed=0),
+        val_sequences=32,
     )
     module = TinyGPT(args.vocab, args.seq_len)
     trainer = L.Trainer(
@@ -89,7 +101,10 @@ def run(
         accelerator="cpu",
         devices=1,
         default_root_dir=os.path.join(args.out, name),
-        logger=False,
+        logger=CSVLogger(os.path.join(args.out, name)),
+        log_every_n_steps=max(1, args.steps // 4),
+        val_check_interval=max(1, args.steps // 2),
+        num_sanity_val_steps=0,
         enable_progress_bar=False,
         enable_model_summary=False,
         callbacks=[MixteraFeedbackCallback()],
@@ -101,9 +116,15 @@ def run(
     per_key = [float(weights[job.resolved.component_key == k].sum()) for k in range(len(job.key_names))]
     shown = ", ".join(f"{k.split('=')[-1]} {w:.2f}" for k, w in zip(job.key_names, per_key, strict=True))
     tail = module.losses[-5:]
+    held_out = ", ".join(
+        f"{k.split('=')[-1]} {float(v):.2f}"
+        for k, v in trainer.callback_metrics.items()
+        if k.startswith("val_loss/")
+    )
     print(
         f"{name:>8}: step {trainer.global_step}: weights {shown} | mixture changes {len(job.changes)} | "
-        f"mean loss over the last {len(tail)} steps {sum(tail) / len(tail):.2f}"
+        f"mean loss over the last {len(tail)} steps {sum(tail) / len(tail):.2f} | held-out loss per domain "
+        f"{held_out}"
     )
 
 

@@ -9,8 +9,8 @@ step from one rank only (rank 0 of the group), so the server sees each step once
 Typical use in a training step::
 
     logits = model(batch["input_ids"]).logits
-    token_loss = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), reduction="none")
-    reporter.step(step, token_loss.view_as(batch["labels"]), batch["key_ids"], batch["chunk_index"])
+    token_loss = F.cross_entropy(logits.flatten(0, 1), batch["targets"].flatten(), reduction="none")
+    reporter.step(step, token_loss.view_as(batch["targets"]), batch["key_ids"], batch["chunk_index"])
 
 Passing the batch's ``chunk_index`` lets the server place the resulting mixture change at a
 chunk derived from the data consumed (``position + 1 + feedback_delay``), so a rerun with the
@@ -145,8 +145,19 @@ class FeedbackReporter:
         its maximum over the window and the group is sent as the feedback's ``position``.
         """
         sums, counts = domain_loss_sums(token_losses, key_ids, self.num_keys)
-        self._sums += sums.cpu()
-        self._counts += counts.cpu()
+        return self.step_sums(step, sums, counts, chunk_index)
+
+    def step_sums(
+        self,
+        step: int,
+        sums: torch.Tensor,
+        counts: torch.Tensor,
+        chunk_index: torch.Tensor | int | None = None,
+    ) -> tuple[list[float], list[float]] | None:
+        """:meth:`step` for a step whose per-key loss sums and token counts are summed already
+        (e.g. over the micro-batches of a gradient-accumulation step, by :func:`domain_loss_sums`)."""
+        self._sums += sums.detach().to("cpu", torch.float64)
+        self._counts += counts.detach().to("cpu", torch.float64)
         self._pending += 1
         if chunk_index is not None:
             here = int(chunk_index.max()) if isinstance(chunk_index, torch.Tensor) else int(chunk_index)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import QueryError
+from .holdout import PARTS, Holdout
 from .properties import PropertyType, property_type
 from .records import coerce
 
@@ -223,13 +224,25 @@ def expr_from_json(data: Any) -> Expr:
 
 
 class Query:
-    """Which samples a job trains on. Build with :meth:`for_job` and :meth:`select`."""
+    """Which samples a job trains on. Build with :meth:`for_job` and :meth:`select`.
 
-    def __init__(self, job_id: str, selects: tuple[Expr, ...] = ()) -> None:
+    ``split``: ``(Holdout, "train" | "eval")`` keeps only one part of a held-out split
+    (:mod:`mixtera_core.holdout`); made by :meth:`Holdout.train` / :meth:`Holdout.eval`.
+    """
+
+    def __init__(
+        self, job_id: str, selects: tuple[Expr, ...] = (), split: tuple[Holdout, str] | None = None
+    ) -> None:
         if not isinstance(job_id, str) or not job_id:
             raise QueryError(f"job id must be a non-empty string, got {job_id!r}")
+        if split is not None and (
+            not isinstance(split, tuple) or len(split) != 2 or not isinstance(split[0], Holdout)
+            or split[1] not in PARTS
+        ):  # fmt: skip
+            raise QueryError(f"split is (Holdout, one of {PARTS}), got {split!r}")
         self.job_id = job_id
         self.selects = selects
+        self.split = split
 
     @classmethod
     def for_job(cls, job_id: str) -> Query:
@@ -245,7 +258,14 @@ class Query:
             expr: Expr = _All()
         else:
             expr = parts[0] if len(parts) == 1 else And(parts)
-        return Query(self.job_id, (*self.selects, expr))
+        return Query(self.job_id, (*self.selects, expr), self.split)
+
+    def with_split(self, holdout: Holdout, part: str, job_id: str | None = None) -> Query:
+        """This query restricted to ``part`` ("train" or "eval") of ``holdout``, optionally under another
+        job id. See :meth:`Holdout.train` and :meth:`Holdout.eval`."""
+        if self.split is not None:
+            raise QueryError(f"query {self.job_id!r} is split already ({self.split[1]} of {self.split[0]})")
+        return Query(job_id or self.job_id, self.selects, (holdout, part))
 
     @property
     def expr(self) -> Expr:
@@ -255,14 +275,28 @@ class Query:
 
     def to_sql(self, schema: Mapping[str, PropertyType]) -> tuple[str, list[Any]]:
         """The WHERE clause (without the keyword) and its parameters."""
-        return self.expr.to_sql(schema)
+        sql, params = self.expr.to_sql(schema)
+        if self.split is None:
+            return sql, params
+        holdout, part = self.split
+        held, held_params = holdout.to_sql()
+        return f"({sql}) AND {'' if part == 'eval' else 'NOT '}({held})", [*params, *held_params]
 
     def to_json(self) -> dict[str, Any]:
-        return {"job_id": self.job_id, "selects": [s.to_json() for s in self.selects]}
+        out: dict[str, Any] = {"job_id": self.job_id, "selects": [s.to_json() for s in self.selects]}
+        if self.split is not None:  # absent otherwise: specs of unsplit queries stay as they were
+            out["split"] = {**self.split[0].to_json(), "part": self.split[1]}
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Query:
-        return cls(data["job_id"], tuple(expr_from_json(s) for s in data.get("selects", [])))
+        split = None
+        if data.get("split") is not None:
+            raw = data["split"]
+            if not isinstance(raw, Mapping) or raw.get("part") not in PARTS:
+                raise QueryError(f"a query's split is {{'fraction', 'seed', 'part': {PARTS}}}, got {raw!r}")
+            split = (Holdout.from_json({k: v for k, v in raw.items() if k != "part"}), str(raw["part"]))
+        return cls(data["job_id"], tuple(expr_from_json(s) for s in data.get("selects", [])), split)
 
     def __repr__(self) -> str:
         return f"Query({self.to_json()!r})"

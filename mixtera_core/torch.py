@@ -30,8 +30,22 @@ see the same data: pass ``dp_group`` (the data-parallel rank) and ``node`` (the 
 within the replica, ``< nodes_per_group``) explicitly. Without torch.distributed both are 0.
 Create the dataset after ``init_process_group``.
 
-**Items.** Token mode: ``input_ids``, ``labels`` (the sequence shifted by one) and
-``key_ids`` (the mixture key id of every label token), each a ``LongTensor[seq_len]``.
+**Items.** Token mode, in one of two conventions (``convention=``), each tensor a
+``LongTensor[seq_len]`` cut from a packed sequence of ``seq_len + 1`` tokens:
+
+- ``"shifted"`` (default; plain torch, Lightning): ``input_ids`` (tokens ``0..seq_len-1``),
+  ``targets`` (tokens ``1..seq_len``: the next token of every input, already shifted, so the
+  loss is ``cross_entropy(logits, targets)`` without shifting again) and ``key_ids`` (the
+  mixture key id of every *target*).
+- ``"causal_lm"`` (Hugging Face ``*ForCausalLM`` models, which shift their ``labels``
+  themselves): ``input_ids`` (tokens ``0..seq_len-1``), ``labels`` (the same tokens: the model
+  predicts ``labels[1:]`` from ``input_ids[:-1]``) and ``key_ids`` (the key of every token).
+  The last token of each packed sequence is not used in this convention.
+
+The shifted targets are deliberately not called ``labels``: a Hugging Face model that got them
+as ``labels`` would shift them once more and silently train on the token after next. (Before
+this convention existed the shifted targets were named ``labels``; reading ``batch["labels"]``
+of a shifted batch raises a ``KeyError`` that says so.)
 Sample mode: ``text`` (``output="text"``) or ``record`` (``output="record"``), ``key``
 (the mixture key as a string) and ``key_id``. Both modes add ``chunk_index`` (a scalar
 ``LongTensor``: the global chunk the item came from; the feedback helpers send its maximum
@@ -59,7 +73,8 @@ or after a restore). What does not depend on the order holds always: every strea
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 try:
@@ -75,12 +90,65 @@ from .errors import MixteraError
 from .job import Job
 from .streaming import JobStream, StreamSample, TokenSequence, load_tokenizer
 
-__all__ = ["MixteraDataLoader", "MixteraDataset"]
+__all__ = ["MixteraBatch", "MixteraDataLoader", "MixteraDataset", "MixteraEvalDataset"]
 
 WORKER_KEY = "mixtera_worker"
 STATE_KEY = "mixtera_state"
 #: label value of padding (``torch.nn.CrossEntropyLoss``'s default ``ignore_index``)
 IGNORE_INDEX = -100
+#: item layouts of token mode (see the module docstring)
+CONVENTIONS = ("shifted", "causal_lm")
+
+
+class MixteraBatch(dict):  # type: ignore[type-arg]
+    """A batch (a plain ``dict`` of tensors) whose missing ``labels`` / ``targets`` say why.
+
+    A shifted batch has ``targets`` and no ``labels`` (and a causal-LM one the reverse); code
+    written for the other convention, or for items before ``targets`` existed, gets a
+    ``KeyError`` naming the convention to use instead of a bare key name.
+    """
+
+    def __missing__(self, key: Any) -> Any:
+        if key == "labels" and "targets" in self:
+            raise KeyError(
+                "'labels': this batch is in the 'shifted' convention, whose next-token targets are "
+                "batch['targets'] (they were called 'labels' before); for a Hugging Face model that "
+                "shifts labels itself use MixteraDataset(..., convention='causal_lm')"
+            )
+        if key == "targets" and "labels" in self:
+            raise KeyError(
+                "'targets': this batch is in the 'causal_lm' convention (unshifted 'labels', the model "
+                "shifts them); use MixteraDataset(..., convention='shifted') for shifted targets"
+            )
+        raise KeyError(key)
+
+
+def token_item(
+    seq: TokenSequence, convention: str, seq_len: int, pad_id: Callable[[], int]
+) -> dict[str, torch.Tensor]:
+    """The tensors of one packed sequence in ``convention``; a short final sequence (a stream with
+    ``drop_last=False``) is padded to ``seq_len`` (inputs with ``pad_id()``, labels/targets with
+    ``IGNORE_INDEX``, key ids with ``-1``)."""
+    tokens = torch.from_numpy(seq.tokens)
+    keys = torch.from_numpy(seq.key_ids)
+    if convention == "shifted":
+        out = {"input_ids": tokens[:-1], "targets": tokens[1:], "key_ids": keys[1:]}
+    else:  # causal_lm: the model shifts; the last token of the sequence is left out
+        n = min(len(tokens), seq_len)
+        out = {"input_ids": tokens[:n], "labels": tokens[:n].clone(), "key_ids": keys[:n]}
+    short = seq_len - len(out["input_ids"])
+    if short > 0:
+        fill = {"input_ids": pad_id(), "targets": IGNORE_INDEX, "labels": IGNORE_INDEX, "key_ids": -1}
+        out = {k: torch.cat([v, torch.full((short,), fill[k], dtype=torch.long)]) for k, v in out.items()}
+    return out
+
+
+def _check_convention(convention: str) -> None:
+    if convention not in CONVENTIONS:
+        raise MixteraError(
+            f"convention must be one of {', '.join(CONVENTIONS)} ('shifted': input_ids/targets for plain "
+            f"torch and Lightning; 'causal_lm': unshifted labels for Hugging Face models), got {convention!r}"
+        )
 
 
 def _resolve_job(job: Any) -> Job:
@@ -123,9 +191,12 @@ class MixteraDataset(tud.IterableDataset[dict[str, Any]]):
     :class:`~mixtera_core.streaming.JobStream`. With a dynamic mixture every worker's copy of
     the job follows the owner's mixture log (the job directory of a local catalog, or the
     server) and waits, at most ``mixture_timeout`` seconds (default ``MIXTERA_MIXTURE_TIMEOUT``
-    or 600), for the feedback that decides a chunk's mixture before planning it. With ``drop_last=False`` in token mode a
-    stream's final, shorter sequence is padded to ``seq_len``: ``input_ids`` with the
-    tokenizer's EOS id (0 without one), ``labels`` with ``-100`` and ``key_ids`` with ``-1``.
+    or 600), for the feedback that decides a chunk's mixture before planning it.
+    ``convention`` (token mode): ``"shifted"`` (``input_ids``, ``targets``, ``key_ids``) or
+    ``"causal_lm"`` (``input_ids``, unshifted ``labels``, ``key_ids``); see the module docstring.
+    With ``drop_last=False`` in token mode a stream's final, shorter sequence is padded to
+    ``seq_len``: ``input_ids`` with the tokenizer's EOS id (0 without one), ``targets`` /
+    ``labels`` with ``-100`` and ``key_ids`` with ``-1``.
 
     In-process use (no DataLoader workers) can checkpoint with :meth:`state_dict` /
     :meth:`load_state_dict`; with DataLoader workers use :class:`MixteraDataLoader`'s,
@@ -143,8 +214,11 @@ class MixteraDataset(tud.IterableDataset[dict[str, Any]]):
         prefetch: int = 2,
         drop_last: bool = True,
         mixture_timeout: float | None = None,
+        convention: str = "shifted",
     ) -> None:
         super().__init__()
+        _check_convention(convention)
+        self.convention = convention
         self.job = _resolve_job(job)
         spec = self.job.spec
         inferred = _distributed_topology(self.job) if dp_group is None or node is None else None
@@ -231,14 +305,9 @@ class MixteraDataset(tud.IterableDataset[dict[str, Any]]):
         }
 
     def _token_item(self, item: TokenSequence) -> dict[str, Any]:
-        tokens = torch.from_numpy(item.tokens)
-        keys = torch.from_numpy(item.key_ids)
-        out = {"input_ids": tokens[:-1], "labels": tokens[1:], "key_ids": keys[1:]}
-        seq_len = int(self.job.spec.seq_len or 0)
-        short = seq_len - (len(tokens) - 1)
-        if short > 0:  # the final sequence of a stream with drop_last=False
-            fill = {"input_ids": self._padding_id(), "labels": IGNORE_INDEX, "key_ids": -1}
-            out = {k: torch.cat([v, torch.full((short,), fill[k], dtype=torch.long)]) for k, v in out.items()}
+        out: dict[str, Any] = token_item(
+            item, self.convention, int(self.job.spec.seq_len or 0), self._padding_id
+        )
         out["chunk_index"] = torch.tensor(item.chunk, dtype=torch.long)
         return out
 
@@ -256,7 +325,7 @@ class MixteraDataset(tud.IterableDataset[dict[str, Any]]):
         """A batch: tensors stacked, everything else as lists; the last item's worker and state."""
         if not items:
             raise MixteraError("cannot collate an empty batch")
-        batch: dict[str, Any] = {}
+        batch: dict[str, Any] = MixteraBatch()
         for key, first in items[0].items():
             if key in (WORKER_KEY, STATE_KEY):
                 continue
@@ -331,6 +400,84 @@ class MixteraDataset(tud.IterableDataset[dict[str, Any]]):
         self.dp_groups, self.num_streams = dp_groups, num_streams
         self._states = workers
         self._next_worker = int(state.get("next_worker", 0)) % num_streams
+
+
+class MixteraEvalDataset(tud.IterableDataset[dict[str, Any]]):
+    """A fixed evaluation set: the first ``limit`` sequences of a (static, token-mode) job, the
+    same ones on every iteration.
+
+    Each iteration starts the job's streams of ``dp_group`` afresh and yields their sequences
+    item by item in turn (stream worker 0, 1, ..., 0, ...) until ``limit`` (None: until the job
+    ends; build eval jobs with ``on_exhausted="stop"`` or ``"redistribute"``). Nothing is
+    checkpointed: evaluating twice evaluates the same sequences. Items are those of
+    :class:`MixteraDataset` in ``convention`` (without ``chunk_index``).
+
+    ``shard=(rank, world)`` keeps sequences ``rank, rank + world, ...`` of that set (each rank of
+    a data-parallel run evaluates its share of the same set); leave it None when the trainer
+    shards an iterable dataset itself (Accelerate under the HF Trainer). In DataLoader workers
+    only worker 0 reads; the others yield nothing, so the set does not depend on their number.
+    """
+
+    def __init__(
+        self,
+        job: Job | tuple[Any, str],
+        limit: int | None = None,
+        *,
+        dp_group: int = 0,
+        convention: str = "shifted",
+        shard: tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__()
+        _check_convention(convention)
+        self.job = _resolve_job(job)
+        spec = self.job.spec
+        if not spec.token_mode:
+            raise MixteraError(f"job {spec.job_id!r} streams samples; an eval set needs a token-mode job")
+        if spec.dynamic:
+            raise MixteraError(
+                f"job {spec.job_id!r} has a mixture that changes with feedback or steps; an eval set needs a "
+                f"fixed one (e.g. StaticMixture over the training keys)"
+            )
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+            raise MixteraError(f"limit must be a positive number of sequences or None, got {limit!r}")
+        if not 0 <= dp_group < spec.dp_groups:
+            raise MixteraError(f"dp_group {dp_group} is out of range for job {spec.job_id!r}")
+        if shard is not None and not (len(shard) == 2 and 0 <= shard[0] < shard[1]):
+            raise MixteraError(f"shard is (rank, world) with 0 <= rank < world, got {shard!r}")
+        self.limit, self.dp_group, self.convention, self.shard = limit, dp_group, convention, shard
+        self._pad_id: int | None = None
+
+    def _padding_id(self) -> int:
+        if self._pad_id is None:
+            assert self.job.spec.tokenizer is not None
+            eos = load_tokenizer(self.job.spec.tokenizer).eos_id
+            self._pad_id = 0 if eos is None else int(eos)
+        return self._pad_id
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = tud.get_worker_info()
+        if info is not None and info.id != 0:
+            return
+        spec = self.job.spec
+        rank, world = self.shard or (0, 1)
+        with contextlib.ExitStack() as stack:
+            streams = []
+            for w in range(spec.num_workers):
+                it = iter(JobStream(self.job, self.dp_group, 0, w))
+                stack.callback(getattr(it, "close", lambda: None))
+                streams.append(it)
+            n = 0
+            while streams and (self.limit is None or n < self.limit):
+                for it in list(streams):
+                    if self.limit is not None and n >= self.limit:
+                        break
+                    seq = next(it, None)
+                    if seq is None:
+                        streams.remove(it)
+                        continue
+                    if n % world == rank:
+                        yield token_item(seq, self.convention, int(spec.seq_len or 0), self._padding_id)
+                    n += 1
 
 
 class MixteraDataLoader(tud.DataLoader[dict[str, Any]]):

@@ -1,7 +1,7 @@
 """Shared by the Lightning and HF end-to-end tests: does the *trained data* follow the feedback?
 
 A dynamic mixture (``loss_weighted``, no smoothing, power 4) is driven through a trainer's
-own adapter (MixteraFeedbackCallback / MixteraTrainerCallback) by the real per-token losses
+own adapter (MixteraFeedbackCallback / MixteraCallback) by the real per-token losses
 of a 1-layer GPT-2, in which the tokens of the favoured key count 10x (the model itself
 trains on the plain loss). The tests record what every step trained on and check that
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import importlib
 import json
 import subprocess
@@ -51,8 +52,8 @@ class TinyLM(L.LightningModule):
     def training_step(self, batch, batch_idx):
         logits = self.out(self.emb(batch["input_ids"]))
         token_loss = F.cross_entropy(
-            logits.flatten(0, 1), batch["labels"].flatten(), reduction="none"
-        ).view_as(batch["labels"])
+            logits.flatten(0, 1), batch["targets"].flatten(), reduction="none"
+        ).view_as(batch["targets"])
         if self.via_attribute:
             self.mixtera_token_loss = token_loss
             return token_loss.mean()
@@ -67,7 +68,7 @@ class Recorder(L.Callback):
         self.seen: dict[int, torch.Tensor] = {}
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        assert set(batch) == {"input_ids", "labels", "key_ids", "chunk_index"}
+        assert set(batch) == {"input_ids", "targets", "key_ids", "chunk_index"}
         self.seen[trainer.global_step] = batch["input_ids"].clone()
 
 
@@ -141,6 +142,114 @@ def test_feedback_reaches_the_mixing_algorithm(lclient, small_bpe, tmp_path):
         assert lclient.checkpoint(job_id)["algorithm"] is not None
 
 
+class EvalLM(TinyLM):
+    """TinyLM that also validates, and records every batch it trains or validates on with its
+    per-token losses (for checking the logged metrics independently)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trained: list[tuple[int, torch.Tensor, torch.Tensor, int]] = []  # step, losses, keys, chunk
+        self.validated: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def token_loss(self, batch):
+        logits = self.out(self.emb(batch["input_ids"]))
+        targets = batch["targets"]
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
+
+    def training_step(self, batch, batch_idx):
+        token_loss = self.token_loss(batch)
+        step = self.trainer.global_step + 1  # the optimizer step this batch belongs to
+        self.trained.append((step, token_loss.detach(), batch["key_ids"], int(batch["chunk_index"].max())))
+        return {"loss": token_loss.mean(), "token_loss": token_loss}
+
+    def validation_step(self, batch, batch_idx):
+        token_loss = self.token_loss(batch)
+        self.validated.append((self.trainer.global_step, token_loss, batch["key_ids"], batch["input_ids"]))
+        return {"token_loss": token_loss}
+
+
+def csv_rows(logger) -> list[dict[str, str]]:
+    import csv
+
+    with open(Path(logger.log_dir) / "metrics.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+def domain_means(batches, names) -> dict[str, float]:
+    """Per-key mean token loss of (losses, key ids) pairs, computed here."""
+    sums, counts = collections.Counter(), collections.Counter()
+    for losses, keys in batches:
+        for loss, key in zip(losses.flatten().tolist(), keys.flatten().tolist(), strict=True):
+            if key >= 0:
+                sums[names[key]] += loss
+                counts[names[key]] += 1
+    return {k: sums[k] / counts[k] for k in counts}
+
+
+def test_held_out_validation_and_metrics_in_the_csv_logger(lclient, small_bpe, tmp_path):
+    """A holdout splits the query: the training job excludes the held-out samples, the eval job is
+    them. The CSVLogger's file holds the mixture weights and per-domain training losses every 2
+    steps, and the per-domain validation loss after each validation, each equal to what the
+    recorded batches give when computed here; validation sees the same eval sequences each time."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    from mixtera_core.holdout import Holdout
+    from mixtera_core.torch import MixteraEvalDataset
+
+    holdout = Holdout(0.2, seed=5)
+    dm = datamodule(
+        lclient, "l-val", small_bpe, num_workers=1, holdout=holdout, val_sequences=10, val_batch_size=4
+    )
+    logger = CSVLogger(str(tmp_path), name="csv")
+    module, cb = EvalLM(), MixteraFeedbackCallback()
+    L.Trainer(
+        default_root_dir=str(tmp_path), max_steps=8, accelerator="cpu", logger=logger, log_every_n_steps=2,
+        val_check_interval=4, num_sanity_val_steps=0, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[cb],
+    ).fit(module, datamodule=dm)  # fmt: skip
+    assert dm.job.spec.query["split"]["part"] == "train" and dm.eval_job.spec.query["split"]["part"] == "eval"
+    assert dm.eval_job.spec.job_id == "l-val-eval" and dm.eval_job.key_names == dm.job.key_names
+    names = dm.job.key_names
+    rows = csv_rows(logger)
+    weights = {int(r["step"]): r for r in rows if r.get("mixture_weight/language=c")}
+    assert sorted(weights) == [2, 4, 6, 8]
+    for step, row in weights.items():
+        assert {k: float(row[f"mixture_weight/{k}"]) for k in names} == pytest.approx(WEIGHTS)
+        window = [(loss, keys) for s, loss, keys, _ in module.trained if step - 2 < s <= step]
+        assert len(window) == 2
+        expected = domain_means(window, names)
+        got = {k: float(row[f"train_loss/{k}"]) for k in names if row.get(f"train_loss/{k}")}
+        assert got == pytest.approx(expected, rel=1e-5) and len(got) >= 2
+    validations = [r for r in rows if r.get("val_loss/language=c")]
+    assert len(validations) == 2  # after steps 4 and 8
+    evals = [row for _, _, _, ids in module.validated for row in ids.tolist()]
+    reference = [it["input_ids"].tolist() for it in MixteraEvalDataset(dm.eval_job, 10)]
+    assert evals == reference + reference  # the same 10 held-out sequences both times
+    for row, at in zip(validations, (4, 8), strict=True):
+        batches = [(loss, keys) for s, loss, keys, _ in module.validated if s == at]
+        assert {k: float(row[f"val_loss/{k}"]) for k in names} == pytest.approx(domain_means(batches, names))
+
+
+def test_a_dynamic_mixture_s_weights_are_logged_as_they_change(lclient, small_bpe, tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    mixture = DynamicMixture(WEIGHTS, "loss_weighted", update_every=1, ema=0.0, power=4.0, prior_mix=0.0)
+    dm = datamodule(lclient, "l-dyn-log", small_bpe, mixture=mixture, num_workers=1, chunk_tokens=40)
+    logger = CSVLogger(str(tmp_path), name="csv")
+    module = EvalLM()
+    L.Trainer(
+        default_root_dir=str(tmp_path), max_steps=12, accelerator="cpu", logger=logger, log_every_n_steps=1,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[MixteraFeedbackCallback()],
+    ).fit(module, datamodule=dm)  # fmt: skip
+    rows = [r for r in csv_rows(logger) if r.get("mixture_weight/language=c")]
+    assert [int(r["step"]) for r in rows] == list(range(1, 13))
+    logged = [{k: float(r[f"mixture_weight/{k}"]) for k in dm.job.key_names} for r in rows]
+    for step, got in enumerate(logged, start=1):  # the weights in force at the highest chunk trained on
+        chunk = max(c for s, _, _, c in module.trained if s <= step)
+        assert got == pytest.approx(lclient.mixture_weights("l-dyn-log", chunk=chunk))
+    assert logged[0] == pytest.approx(WEIGHTS) and logged[-1] != pytest.approx(WEIGHTS)
+
+
 def test_existing_job_and_the_trainer_adapter_plugin(lclient, small_bpe, tmp_path):
     job_id = lclient.execute(
         Query.for_job("l-attach"), WEIGHTS, tokenizer=("hf", str(small_bpe)), seq_len=SEQ, chunk_size=12
@@ -181,13 +290,22 @@ class RankRecorder(L.Callback):
     def __init__(self, out_dir: str) -> None:
         self.out_dir = out_dir
         self.seen: list[list[int]] = []
+        self.validated: list[list[int]] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self.seen += batch["input_ids"].tolist()
 
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self.validated += batch["input_ids"].tolist()
+
     def on_train_end(self, trainer, pl_module):
         with open(f"{self.out_dir}/rank{trainer.global_rank}.json", "w") as fh:
-            json.dump(self.seen, fh)
+            json.dump({"trained": self.seen, "validated": self.validated}, fh)
+
+
+class ValidatingLM(TinyLM):
+    def validation_step(self, batch, batch_idx):
+        return None
 
 
 def test_ddp_ranks_get_their_dp_group_and_the_checkpoint_holds_both(lclient, small_bpe, tmp_path):
@@ -201,17 +319,26 @@ def test_ddp_ranks_get_their_dp_group_and_the_checkpoint_holds_both(lclient, sma
         on_exhausted="repeat",
     )
     job = lclient.job(job_id)
-    dm = MixteraDataModule(job, batch_size=2)  # a Job pickles into the spawned ranks, a client does not
-    ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), every_n_train_steps=4)
-    trainer(tmp_path, 4, [RankRecorder(str(tmp_path)), ckpt], strategy="ddp_spawn", devices=2).fit(
-        TinyLM(), datamodule=dm
+    eval_job = lclient.job(
+        lclient.execute(
+            Query.for_job("l-ddp-eval"), WEIGHTS, tokenizer=("hf", str(small_bpe)), seq_len=SEQ, chunk_size=12
+        )
     )
+    # a Job pickles into the spawned ranks, a client does not
+    dm = MixteraDataModule(job, batch_size=2, eval_job=eval_job, val_sequences=6)
+    ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), every_n_train_steps=4)
+    trainer(
+        tmp_path, 4, [RankRecorder(str(tmp_path)), ckpt], strategy="ddp_spawn", devices=2, val_check_interval=4,
+        num_sanity_val_steps=0,
+    ).fit(ValidatingLM(), datamodule=dm)  # fmt: skip
     seen = []
+    evals = [s.tokens[:-1].tolist() for _, s in zip(range(6), JobStream(eval_job), strict=False)]
     for rank in range(2):
         got = json.loads((tmp_path / f"rank{rank}.json").read_text())
         stream = iter(JobStream(job, rank))
-        assert got == [next(stream).tokens[:-1].tolist() for _ in range(8)]
-        seen.append(got)
+        assert got["trained"] == [next(stream).tokens[:-1].tolist() for _ in range(8)]
+        seen.append(got["trained"])
+        assert got["validated"] == evals[rank::2]  # each rank its share of the same eval set
     assert seen[0] != seen[1]
     saved = torch.load(tmp_path / "ckpt" / "epoch=0-step=4.ckpt", weights_only=False)["MixteraDataModule"]
     assert {k: v["batches"] for k, v in saved["streams"].items()} == {"0/0": 4, "1/0": 4}
@@ -236,7 +363,7 @@ class ShiftLM(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         logits = self.model(input_ids=batch["input_ids"]).logits
-        labels, keys = batch["labels"], batch["key_ids"]
+        labels, keys = batch["targets"], batch["key_ids"]
         token_loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none").view_as(labels)
         feedback = shift.feedback_losses(token_loss, keys, self.favoured)
         self.trained.append(shift.step_record(feedback, keys, batch["chunk_index"], batch["input_ids"]))

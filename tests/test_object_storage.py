@@ -42,6 +42,13 @@ def write_tars(root: Path, docs: list[str]) -> None:
                     tf.addfile(info, io.BytesIO(data))
 
 
+@pytest.fixture(autouse=True)
+def _own_storage_options(monkeypatch):
+    """Storage options a test configures (endpoints of its own proxies) end with it."""
+    monkeypatch.setattr(storage, "_OPTIONS", dict(storage._OPTIONS))
+    monkeypatch.setattr(storage, "_STORED", dict(storage._STORED))
+
+
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     """A moto server holding the corpus under s3://corpus/data/; its AWS variables are set for the

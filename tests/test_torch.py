@@ -7,6 +7,7 @@ import json
 import random
 from collections import deque
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -15,8 +16,9 @@ from test_streaming import WEIGHTS, corpus  # noqa: E402, F401  (module fixture 
 
 from mixtera_core import MixteraClient, Query  # noqa: E402
 from mixtera_core.errors import MixteraError  # noqa: E402
+from mixtera_core.mixture import DynamicMixture  # noqa: E402
 from mixtera_core.streaming import JobStream, reshard  # noqa: E402
-from mixtera_core.torch import MixteraDataLoader, MixteraDataset  # noqa: E402
+from mixtera_core.torch import MixteraDataLoader, MixteraDataset, MixteraEvalDataset  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -206,7 +208,7 @@ def test_token_batches_are_the_streams_in_round_robin_order(mclient, small_bpe, 
             [
                 {
                     "input_ids": torch.stack([t[:-1] for t, _, _ in b]),
-                    "labels": torch.stack([t[1:] for t, _, _ in b]),
+                    "targets": torch.stack([t[1:] for t, _, _ in b]),
                     "key_ids": torch.stack([k[1:] for _, k, _ in b]),
                     "chunk_index": torch.tensor([c for _, _, c in b]),
                 }
@@ -220,9 +222,9 @@ def test_token_batches_are_the_streams_in_round_robin_order(mclient, small_bpe, 
     for batches in runs:
         assert same_token_batches(batches, expected)
         for b in batches:
-            assert b["input_ids"].shape == b["labels"].shape == b["key_ids"].shape == (bs, 32)
-            assert b["input_ids"].dtype == b["labels"].dtype == b["key_ids"].dtype == torch.long
-            assert torch.equal(b["input_ids"][:, 1:], b["labels"][:, :-1])
+            assert b["input_ids"].shape == b["targets"].shape == b["key_ids"].shape == (bs, 32)
+            assert b["input_ids"].dtype == b["targets"].dtype == b["key_ids"].dtype == torch.long
+            assert torch.equal(b["input_ids"][:, 1:], b["targets"][:, :-1])
             assert int(b["key_ids"].min()) >= 0 and int(b["key_ids"].max()) < 3
 
 
@@ -255,8 +257,68 @@ def test_token_final_short_sequence_is_padded(mclient, small_bpe):
     n = len(tail.tokens) - 1
     assert 0 < n < 64
     assert torch.equal(last["input_ids"][-1, :n], torch.from_numpy(tail.tokens[:-1]))
-    assert torch.equal(last["labels"][-1, n:], torch.full((64 - n,), -100))
+    assert torch.equal(last["targets"][-1, n:], torch.full((64 - n,), -100))
     assert torch.equal(last["key_ids"][-1, n:], torch.full((64 - n,), -1))
+    hf = take(MixteraDataLoader(MixteraDataset(job, drop_last=False, convention="causal_lm"), 5))[-1]
+    assert torch.equal(hf["input_ids"][-1, : n + 1], torch.from_numpy(tail.tokens))
+    assert torch.equal(hf["labels"][-1, : n + 1], hf["input_ids"][-1, : n + 1])
+    assert torch.equal(hf["labels"][-1, n + 1 :], torch.full((63 - n,), -100))
+
+
+def test_the_two_conventions_cut_the_same_sequences(mclient, small_bpe):
+    """shifted: targets[i] is the token after input_ids[i] and key_ids its key; causal_lm: labels are
+    the inputs themselves (the model shifts) and key_ids the key of each token. A batch of either
+    says which key to read when code asks for the other convention's."""
+    job = token_job(mclient, "t-conv", small_bpe)
+    seqs = [s for _, s in zip(range(8), JobStream(job), strict=False)]
+    shifted = take(MixteraDataLoader(MixteraDataset(job), 8), 1)[0]
+    causal = take(MixteraDataLoader(MixteraDataset(job, convention="causal_lm"), 8), 1)[0]
+    tokens = torch.from_numpy(np.stack([s.tokens for s in seqs]))
+    keys = torch.from_numpy(np.stack([s.key_ids for s in seqs]))
+    assert torch.equal(shifted["input_ids"], tokens[:, :-1]) and torch.equal(
+        shifted["targets"], tokens[:, 1:]
+    )
+    assert torch.equal(shifted["key_ids"], keys[:, 1:])
+    assert torch.equal(causal["input_ids"], tokens[:, :-1]) and torch.equal(causal["labels"], tokens[:, :-1])
+    assert torch.equal(causal["key_ids"], keys[:, :-1])
+    assert set(shifted) == {"input_ids", "targets", "key_ids", "chunk_index"}
+    assert set(causal) == {"input_ids", "labels", "key_ids", "chunk_index"}
+    with pytest.raises(KeyError, match="'shifted' convention.*batch\\['targets'\\]"):
+        shifted["labels"]
+    with pytest.raises(KeyError, match="'causal_lm' convention"):
+        causal["targets"]
+    with pytest.raises(KeyError, match="^'other'$"):
+        causal["other"]
+    with pytest.raises(MixteraError, match="convention must be one of"):
+        MixteraDataset(job, convention="hf")
+
+
+def test_an_eval_set_is_the_same_sequences_every_time(mclient, small_bpe):
+    job = token_job(mclient, "t-eval", small_bpe, num_workers=2, on_exhausted="stop")
+    streams = [list(JobStream(job, 0, 0, w)) for w in range(2)]
+    interleaved = [s.tokens[:-1].tolist() for pair in zip(*streams, strict=False) for s in pair]
+    ds = MixteraEvalDataset(job, 10)
+    for workers in (0, 2, 0):  # again, and with DataLoader workers (only worker 0 reads)
+        loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=workers, collate_fn=ds_collate)
+        got = [row for b in loader for row in b["input_ids"].tolist()]
+        assert got == interleaved[:10]
+    shards = [
+        [it["input_ids"].tolist() for it in MixteraEvalDataset(job, 10, shard=(r, 3))] for r in range(3)
+    ]
+    assert shards == [interleaved[r:10:3] for r in range(3)]
+    everything = [it["input_ids"].tolist() for it in MixteraEvalDataset(job)]
+    assert len(everything) == sum(len(s) for s in streams) and everything[:10] == interleaved[:10]
+    with pytest.raises(MixteraError, match="fixed one"):
+        MixteraEvalDataset(mclient.job(mclient.execute(
+            Query.for_job("t-eval-dyn"), DynamicMixture(WEIGHTS, "loss_weighted"),
+            tokenizer=("hf", str(small_bpe)), seq_len=32,
+        )))  # fmt: skip
+    with pytest.raises(MixteraError, match="samples"):
+        MixteraEvalDataset(sample_job(mclient, "t-eval-samples"))
+
+
+def ds_collate(items):
+    return MixteraDataset.collate(items)
 
 
 # ---------------------------------------------------------------------------------------------- errors

@@ -9,11 +9,11 @@ from mixtera_core.interfaces import TrainerAdapter
 
 
 class HFAdapter(TrainerAdapter):
-    """``build_data(client, job_id, ...)`` -> a :class:`~mixtera_core.torch.MixteraDataset` for ``MixteraTrainer``."""
+    """``build_data(client, job_id, ...)`` -> the ``train_dataset`` of a job (causal-LM items)."""
 
     name = "hf"
     description = (
-        "Hugging Face Trainer: MixteraTrainer (exact resume, mixtera_state.json) + MixteraTrainerCallback"
+        "Hugging Face Trainer: MixteraCallback (any Trainer: data, exact resume, feedback, per-domain logs)"
     )
 
     def build_data(self, client: Any, job_id: str, **options: Any) -> Any:

@@ -13,7 +13,9 @@ Typical use::
     trainer = L.Trainer(max_steps=1000, callbacks=[MixteraFeedbackCallback()])
     trainer.fit(model, datamodule=dm)                        # ckpt_path=... resumes the data exactly
 
-See :mod:`mixtera_integrations.lightning.datamodule` for how per-token losses reach the callback.
+See :mod:`mixtera_integrations.lightning.datamodule` (data, held-out evaluation, resume) and
+:mod:`mixtera_integrations.lightning.callback` (feedback and logged metrics; how per-token losses
+reach the callback).
 """
 
 from __future__ import annotations
@@ -21,14 +23,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .datamodule import MixteraDataModule, MixteraFeedbackCallback
+    from .callback import MixteraFeedbackCallback
+    from .datamodule import MixteraDataModule
 
 __all__ = ["MixteraDataModule", "MixteraFeedbackCallback"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from . import datamodule
+    if name == "MixteraDataModule":
+        from .datamodule import MixteraDataModule
 
-        return getattr(datamodule, name)
+        return MixteraDataModule
+    if name == "MixteraFeedbackCallback":
+        from .callback import MixteraFeedbackCallback
+
+        return MixteraFeedbackCallback
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""``MixteraDataModule`` and ``MixteraFeedbackCallback`` for PyTorch Lightning (``lightning>=2.4``).
+"""``MixteraDataModule`` for PyTorch Lightning (``lightning>=2.4``): training and held-out eval data.
 
 **Data.** :class:`MixteraDataModule` streams one Mixtera job to every rank of a Lightning
 run. Give it a client and either a query (plus mixture and job options: the job is built
@@ -7,10 +7,12 @@ in ``prepare_data`` by the process that owns the catalog and attached to by ever
 directly. Each rank gets the data of its data-parallel group: ``dp_group =
 trainer.global_rank`` and ``node = 0``, so for pure DDP the job must be executed with
 ``dp_groups = trainer.world_size`` (pass ``dp_group``/``node`` explicitly with tensor or
-pipeline parallelism). Batches are dicts of ``input_ids``, ``labels`` (already shifted by
-one: do not let the model shift again) and ``key_ids`` (the mixture key of every label
-token), each ``LongTensor[batch, seq_len]``, and ``chunk_index`` (``LongTensor[batch]``, which the feedback callback sends as the step's
-position). The DataLoader has exactly ``job.spec.num_workers`` workers.
+pipeline parallelism). Batches are dicts of ``input_ids``, ``targets`` (the next token of
+every input: already shifted, compute ``cross_entropy(logits, targets)`` and do not let the
+model shift again) and ``key_ids`` (the mixture key of every target token), each
+``LongTensor[batch, seq_len]``, and ``chunk_index`` (``LongTensor[batch]``, which the feedback
+callback sends as the step's position). The DataLoader has exactly ``job.spec.num_workers``
+workers.
 
 **Several processes, one local catalog.** ``MixteraClient.local(db)`` created on every rank
 (``torchrun``, or Lightning's own ``strategy="ddp"`` launcher, which sets ``LOCAL_RANK`` in
@@ -31,22 +33,19 @@ the last trained batch. With a dynamic mixture, the job's mixture log and algori
 (``client.checkpoint``, taken on rank 0) are stored too and restored on load (by rank 0; the
 other ranks wait for it and follow the restored log).
 
-**Feedback.** :class:`MixteraFeedbackCallback` turns per-token losses into per-domain
-feedback at the end of every training batch (:class:`~mixtera_core.feedback.FeedbackReporter`:
-summed over all ranks, sent by rank 0 only, with the highest ``chunk_index`` trained on over
-all ranks as the position; the sums live on the CPU, so on GPUs, whose default process group
-is NCCL-only, they are reduced over a gloo group). A ``ScheduleMixture`` without ``samples_per_step`` switches on the
-training step: the callback reports the step (with that position) instead, without which the
-streams would wait at the mixture log's seal. The LightningModule exposes the per-token
-losses (same shape as ``batch["labels"]``, padding ``-100`` labels may hold any value:
-their key id is ``-1``) in one of two ways::
+**Evaluation on held-out data.** With ``holdout=Holdout(fraction, seed)`` (see
+:mod:`mixtera_core.holdout`) the training job is built from ``holdout.train(query)``, so it never
+contains a held-out sample, and an eval job ``<job id>-eval`` from ``holdout.eval(query, ...)``:
+a static mixture over the training job's keys (``eval_mixture``; default equal weights, so every
+domain gets as many eval tokens), the same tokenizer, ``seq_len`` and seed, one stream,
+``on_exhausted="redistribute"``. Or pass an existing eval job (``eval_job=``: its id with a
+client, a :class:`~mixtera_core.job.Job` otherwise). ``val_dataloader`` then yields the first
+``val_sequences`` sequences of the eval job (None: all of it), the same ones at every
+validation, each rank its share (:class:`~mixtera_core.torch.MixteraEvalDataset`);
+:class:`~mixtera_integrations.lightning.MixteraFeedbackCallback` logs the loss of each domain.
 
-    def training_step(self, batch, batch_idx):
-        logits = self.model(batch["input_ids"]).logits
-        token_loss = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(),
-                                     reduction="none").view_as(batch["labels"])
-        return {"loss": token_loss.mean(), "token_loss": token_loss}   # 1. in the output dict
-        # or: self.mixtera_token_loss = token_loss; return token_loss.mean()  # 2. an attribute
+Feedback, logging and the per-token losses the LightningModule provides:
+:mod:`mixtera_integrations.lightning.callback`.
 """
 
 from __future__ import annotations
@@ -57,19 +56,19 @@ from typing import Any
 
 try:
     import lightning as L
-    import torch
+    import torch.utils.data as tud
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError(
         "mixtera_integrations.lightning needs Lightning: pip install 'mixtera[lightning]'"
     ) from e
 
 from mixtera_core.errors import MixteraError
-from mixtera_core.feedback import FeedbackReporter
+from mixtera_core.holdout import Holdout, execute_split
 from mixtera_core.job import Job
 from mixtera_core.mixture import DynamicMixture
-from mixtera_core.torch import MixteraDataLoader, MixteraDataset
+from mixtera_core.torch import MixteraDataLoader, MixteraDataset, MixteraEvalDataset
 
-from .._distributed import StepReporter, feedback_group, global_rank, restore_job
+from .._distributed import global_rank, restore_job
 
 __all__ = ["MixteraDataModule", "MixteraFeedbackCallback"]
 
@@ -108,6 +107,11 @@ class MixteraDataModule(L.LightningDataModule):
     ``execute_options`` (``chunk_size``, ``seed``, ``dp_groups``, ``num_workers``,
     ``on_exhausted``, ...) go to ``client.execute`` together with ``tokenizer`` and
     ``seq_len``. ``loader_options`` go to the DataLoader (``pin_memory``, ...).
+
+    Held-out evaluation (see the module docstring): ``holdout`` (with a query) or ``eval_job``
+    (a job id with a client, or a :class:`Job`), ``eval_mixture`` (default: equal weights over the
+    training keys), ``val_sequences`` (None: the whole eval job) and ``val_batch_size``
+    (default ``batch_size``).
     """
 
     def __init__(
@@ -124,11 +128,27 @@ class MixteraDataModule(L.LightningDataModule):
         node: int | None = None,
         drop_last: bool = True,
         loader_options: Mapping[str, Any] | None = None,
+        holdout: Holdout | None = None,
+        eval_job: str | Job | None = None,
+        eval_mixture: Any = None,
+        val_sequences: int | None = None,
+        val_batch_size: int | None = None,
         **execute_options: Any,
     ) -> None:
         super().__init__()
         self.client: Any = None
         self.job: Job | None = None
+        self.eval_job: Job | None = eval_job if isinstance(eval_job, Job) else None
+        self.eval_job_id: str | None = eval_job if isinstance(eval_job, str) else None
+        if holdout is not None and (query is None or eval_job is not None):
+            raise MixteraError(
+                "MixteraDataModule: holdout= splits the query into a training and an eval job; pass it "
+                "with query= and without eval_job="
+            )
+        if isinstance(eval_job, str) and isinstance(source, Job):
+            raise MixteraError("MixteraDataModule: with a Job as source, pass the eval job as a Job too")
+        self.holdout, self.eval_mixture = holdout, eval_mixture
+        self.val_sequences, self.val_batch_size = val_sequences, val_batch_size
         if isinstance(source, Job):
             if query is not None:
                 raise MixteraError("MixteraDataModule: pass a query with a client, not with a Job")
@@ -159,7 +179,13 @@ class MixteraDataModule(L.LightningDataModule):
 
     def _execute(self) -> str:
         assert self.client is not None
-        job_id: str = self.client.execute(self.query, self.mixture, **self.execute_options)
+        if self.holdout is None:
+            job_id: str = self.client.execute(self.query, self.mixture, **self.execute_options)
+            return job_id
+        job_id, self.eval_job_id = execute_split(
+            self.client, self.query, self.mixture, self.holdout, eval_mixture=self.eval_mixture,
+            **self.execute_options,
+        )  # fmt: skip
         return job_id
 
     def prepare_data(self) -> None:
@@ -173,13 +199,14 @@ class MixteraDataModule(L.LightningDataModule):
             self.job_id = self._execute()
 
     def setup(self, stage: str | None = None) -> None:
-        if self.job is not None:
-            return
-        if self.query is not None:
-            # rank 0: the job exists by now, this attaches; other ranks wait for rank 0's job
-            self.job_id = self._execute()
-        assert self.job_id is not None
-        self.job = self.client.job(self.job_id)
+        if self.job is None:
+            if self.query is not None:
+                # rank 0: the job exists by now, this attaches; other ranks wait for rank 0's job
+                self.job_id = self._execute()
+            assert self.job_id is not None
+            self.job = self.client.job(self.job_id)
+        if self.eval_job is None and self.eval_job_id is not None:
+            self.eval_job = self.client.job(self.eval_job_id)
 
     def _topology(self) -> tuple[int | None, int | None]:
         if self.dp_group is not None or self.node is not None:
@@ -216,6 +243,23 @@ class MixteraDataModule(L.LightningDataModule):
             self.loader.load_state_dict(self._to_load)
             self._consumed, self._to_load = copy.deepcopy(self._to_load), None
         return _BatchesWithState(self.loader)
+
+    def val_dataloader(self) -> Any:
+        """The eval job's first ``val_sequences`` sequences, this rank's share; ``[]`` without an eval job."""
+        if self.job is None:
+            self.setup("fit")
+        if self.eval_job is None:
+            return []
+        rank, world = _world()
+        trainer = self._trainer_or_none()
+        if trainer is not None:
+            rank, world = trainer.global_rank, trainer.world_size
+        dataset = MixteraEvalDataset(
+            self.eval_job, self.val_sequences, shard=(rank, world) if world > 1 else None
+        )
+        return tud.DataLoader(
+            dataset, batch_size=self.val_batch_size or self.batch_size, collate_fn=MixteraDataset.collate
+        )
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if isinstance(batch, dict) and STATE_KEY in batch:
@@ -285,70 +329,4 @@ class MixteraDataModule(L.LightningDataModule):
             self._consumed, self._to_load = copy.deepcopy(mine), None
 
 
-class MixteraFeedbackCallback(L.Callback):
-    """Sends per-domain losses of every training batch to the job's mixing algorithm.
-
-    Per-token losses come from the training step's output dict (``output_key``, default
-    ``"token_loss"``) or else from the attribute ``attribute`` of the LightningModule
-    (default ``mixtera_token_loss``); key ids from ``batch["key_ids"]``. The client and job
-    are the :class:`MixteraDataModule`'s unless given. ``every`` accumulates that many
-    batches per message. A ``ScheduleMixture`` without ``samples_per_step`` gets the step
-    reported after every batch (no losses needed); other static mixtures get nothing (the
-    callback is a no-op). Every rank must run the callback: the sums and the position are
-    all-reduced, rank 0 sends.
-    """
-
-    def __init__(
-        self,
-        client: Any = None,
-        job_id: str | None = None,
-        *,
-        every: int = 1,
-        output_key: str = "token_loss",
-        attribute: str = "mixtera_token_loss",
-    ) -> None:
-        self.client, self.job_id = client, job_id
-        self.every, self.output_key, self.attribute = every, output_key, attribute
-        self.reporter: FeedbackReporter | None = None
-        self.step_reporter: StepReporter | None = None
-        self.sent = 0
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        dm = getattr(trainer, "datamodule", None)
-        client = self.client if self.client is not None else getattr(dm, "client", None)
-        job = getattr(dm, "job", None)
-        job_id = self.job_id or (job.spec.job_id if job is not None else None)
-        if client is None or job_id is None:
-            raise MixteraError(
-                "MixteraFeedbackCallback needs a client and a job: use a MixteraDataModule built from a "
-                "client, or pass client= and job_id= to the callback"
-            )
-        if job is None or job.spec.job_id != job_id:
-            job = client.job(job_id)
-        self.client, self.job_id = client, job_id
-        if isinstance(job.mixture, DynamicMixture):
-            self.reporter = FeedbackReporter(
-                client, job_id, len(job.key_names), every=self.every, group=feedback_group()
-            )
-        elif job.spec.dynamic:  # a schedule switched by the step
-            self.step_reporter = StepReporter(client, job_id, feedback_group())
-
-    def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        position = batch.get("chunk_index") if isinstance(batch, Mapping) else None
-        if self.step_reporter is not None:
-            self.step_reporter.step(trainer.global_step, position)
-        if self.reporter is None:
-            return
-        token_loss = outputs.get(self.output_key) if isinstance(outputs, Mapping) else None
-        if token_loss is None:
-            token_loss = getattr(pl_module, self.attribute, None)
-        if not isinstance(token_loss, torch.Tensor):
-            raise MixteraError(
-                f"MixteraFeedbackCallback found no per-token losses: return {{'loss': ..., "
-                f"{self.output_key!r}: token_loss}} from training_step, or set self.{self.attribute} = "
-                f"token_loss (same shape as batch['labels'], reduction='none')"
-            )
-        if self.reporter.step(trainer.global_step, token_loss, batch["key_ids"], position) is not None:
-            self.sent += 1
+from .callback import MixteraFeedbackCallback  # noqa: E402  (its old home)

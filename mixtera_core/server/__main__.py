@@ -5,6 +5,10 @@ a free port and prints it) and shuts down cleanly on SIGTERM / SIGINT: running c
 grace period, acknowledged feedback is applied, and the catalog is closed (jobs, mixture
 logs, algorithm state and delivery counts are already persisted under ``DB_DIR/jobs``).
 
+``--metrics-port P`` also serves Prometheus metrics at ``http://127.0.0.1:P/metrics``
+(``--metrics-host`` to bind elsewhere) and prints ``mixtera-server metrics on URL`` right after
+the line above; see :mod:`mixtera_core.server.metrics`.
+
 Binding to an address other machines can reach (``--host`` not loopback) needs an explicit
 ``--allowed-root`` and ``--token-file``, or ``--insecure`` spelled out; without
 ``--allowed-root`` the working directory is the default root, which must not be ``/`` or a
@@ -24,6 +28,7 @@ from typing import Any
 
 from ..errors import MixteraError
 from .auth import read_token
+from .metrics import serve_metrics
 from .service import (
     DEFAULT_MAX_MESSAGE,
     MAX_CALLS,
@@ -98,6 +103,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="processes for mixing-algorithm refits, off the serving process's GIL (0: in-process)",
     )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="P",
+        help="serve Prometheus metrics at http://HOST:P/metrics (0: a free port, printed); off by default",
+    )
+    p.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address of the metrics endpoint (default 127.0.0.1; it needs no token, and shows job ids)",
+    )
     p.add_argument("--log-level", default="INFO", help="logging level on stderr (default INFO)")
     return p
 
@@ -118,10 +135,11 @@ def main(argv: list[str] | None = None) -> int:
         or args.workers < 1
         or args.max_message_mb <= 0
         or args.refit_processes < 0
+        or (args.metrics_port is not None and not 0 <= args.metrics_port <= 65535)
     ):
         print(
-            "mixtera-server: --port must be in [0, 65535], --workers and --max-message-mb positive, "
-            "--refit-processes >= 0",
+            "mixtera-server: --port and --metrics-port must be in [0, 65535], --workers and "
+            "--max-message-mb positive, --refit-processes >= 0",
             file=sys.stderr,
         )
         return 2
@@ -173,6 +191,20 @@ def main(argv: list[str] | None = None) -> int:
         service.close()
         print(f"mixtera-server: {e}", file=sys.stderr)
         return 1
+    metrics_server = None
+    if args.metrics_port is not None:
+        try:
+            metrics_server, metrics_port = serve_metrics(
+                service.metrics, args.metrics_host, args.metrics_port
+            )
+        except OSError as e:
+            server.stop(0)
+            service.close()
+            print(
+                f"mixtera-server: cannot serve metrics on {args.metrics_host}:{args.metrics_port}: {e}",
+                file=sys.stderr,
+            )
+            return 1
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -194,12 +226,17 @@ def main(argv: list[str] | None = None) -> int:
             "serving %s without TLS: the token and all data cross the network in the clear", args.host
         )
     print(f"mixtera-server listening on {shown}:{port}", flush=True)
+    if metrics_server is not None:
+        host = f"[{args.metrics_host}]" if ":" in args.metrics_host else args.metrics_host
+        print(f"mixtera-server metrics on http://{host}:{metrics_port}/metrics", flush=True)
     while not stop.wait(0.5):
         pass
     logger.info("shutting down")
     if service.health is not None:
         service.health.enter_graceful_shutdown()
     server.stop(GRACE_SECONDS).wait()
+    if metrics_server is not None:
+        metrics_server.shutdown()
     service.close()
     return 0
 

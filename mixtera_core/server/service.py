@@ -102,6 +102,7 @@ from ..token_index import TokenizeProgress, catalog_files, tokenize
 from . import mixtera_pb2 as pb
 from . import mixtera_pb2_grpc as pb_grpc
 from .auth import GuardInterceptor, log_refusal, server_credentials
+from .metrics import ServerMetrics
 from .procs import watch_parent
 from .signing import SnapshotSigner, job_key
 
@@ -236,11 +237,15 @@ def _fail(context: grpc.ServicerContext, exc: Exception, method: str) -> None:
 def _unary(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(self: MixteraService, request: Any, context: grpc.ServicerContext) -> Any:
+        start, code = time.perf_counter(), "OK"
         try:
             with self._admit(fn.__name__):
                 return fn(self, request, context)
         except Exception as exc:
+            code = status_of(exc)[0].name
             _fail(context, exc, fn.__name__)
+        finally:
+            self.metrics.record_call(fn.__name__, code, time.perf_counter() - start)
 
     return wrapper
 
@@ -248,11 +253,18 @@ def _unary(fn: Callable[..., Any]) -> Callable[..., Any]:
 def _streaming(fn: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
     @functools.wraps(fn)
     def wrapper(self: MixteraService, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        start, code = time.perf_counter(), "OK"
         try:
             with self._admit(fn.__name__):
                 yield from fn(self, request, context)
+        except GeneratorExit:  # the client went away mid-stream
+            code = "CANCELLED"
+            raise
         except Exception as exc:
+            code = status_of(exc)[0].name
             _fail(context, exc, fn.__name__)
+        finally:
+            self.metrics.record_call(fn.__name__, code, time.perf_counter() - start)
 
     return wrapper
 
@@ -569,6 +581,17 @@ class MixteraService(pb_grpc.MixteraServicer):
         self._work = ThreadPoolExecutor(threads, thread_name_prefix="mixtera-work")
         self._ordered = ThreadPoolExecutor(1, thread_name_prefix="mixtera-feedback")
         self._closed = False
+        self.metrics = ServerMetrics()  # served by --metrics-port (see .metrics)
+        self.metrics.add_gauge(
+            "mixtera_updates_pending",
+            "Feedback and step reports acknowledged, not applied yet.",
+            self._pending,
+        )
+
+    def _pending(self) -> dict[tuple[tuple[str, str], ...], float]:
+        with self._slots_lock:
+            slots = list(self._slots.items())
+        return {(("job", job_id),): float(slot.pending) for job_id, slot in slots if slot.loaded}
 
     def set_capacity(self, max_calls: int, max_heavy_calls: int = MAX_HEAVY_CALLS) -> None:
         """At most ``max_calls`` calls at once (not counting ``ListDatasets``, ``JobStatus`` and
@@ -1074,6 +1097,7 @@ class MixteraService(pb_grpc.MixteraServicer):
                     )
                 if request.index >= runtime.horizon and request.index >= job.log.sealed:
                     # its mixture is not decided yet: never plan it on weights that may still change
+                    self.metrics.record_chunk(request.job_id, "pending")
                     return pb.ChunkReply(pending=True, index=request.index)
                 if walk is None:
                     walk = runtime.walk(request.index, snapshot, max_walk)
@@ -1083,6 +1107,7 @@ class MixteraService(pb_grpc.MixteraServicer):
         assert walk.result is not None
         chunk, before = walk.result
         before_json = json.dumps(self.signer.sign(key, before))
+        self.metrics.record_chunk(request.job_id, "ended" if chunk is None else "served")
         if chunk is None:
             return pb.ChunkReply(ended=True, index=request.index, before_json=before_json)
         return pb.ChunkReply(
@@ -1161,6 +1186,7 @@ class MixteraService(pb_grpc.MixteraServicer):
                     f"the records asked for exceed {MAX_READ_REPLY_BYTES >> 20} MiB in one reply; ask for "
                     f"fewer samples per request",
                 )
+        self.metrics.record_samples(request.job_id, len(records))
         return pb.ReadReply(sample_index=indices, records_json=records)
 
     @_unary
@@ -1193,11 +1219,18 @@ class MixteraService(pb_grpc.MixteraServicer):
         def apply() -> None:
             # the algorithm (a refit can take a while) runs outside the planning lock, so chunk
             # requests are served meanwhile; only recording the change takes that lock
-            with slot.algorithm:
-                weights = self.engine.update_algorithm(job_id, step, losses, counts)
-                if weights is not None:
-                    with slot.lock:
-                        self.engine.apply_key_weights(job_id, weights, step, position)
+            start = time.perf_counter()
+            try:
+                with slot.algorithm:
+                    weights = self.engine.update_algorithm(job_id, step, losses, counts)
+                    seconds = time.perf_counter() - start
+                    if weights is not None:
+                        with slot.lock:
+                            self.engine.apply_key_weights(job_id, weights, step, position)
+            except Exception:
+                self.metrics.record_feedback(job_id, "failed")
+                raise
+            self.metrics.record_feedback(job_id, "unchanged" if weights is None else "changed", seconds)
 
         self._enqueue(job_id, slot, f"feedback at step {step}", apply)
         return pb.Empty()
@@ -1212,6 +1245,7 @@ class MixteraService(pb_grpc.MixteraServicer):
         def apply() -> None:
             with slot.lock:
                 self.engine.report_step(job_id, step, position)
+            self.metrics.record_step(job_id)
 
         self._enqueue(job_id, slot, f"step report {step}", apply)
         return pb.Empty()
