@@ -45,7 +45,10 @@ def corpus(root: Path, files: int = 6) -> Path:
     for k in range(files):
         write_jsonl(
             root / f"part{k:02d}.jsonl.zst",
-            [{"text": f"doc {k}-{i} " * (i % 5 + 1), "lang": ["en", "de", "fr"][(k + i) % 3]} for i in range(40)],
+            [
+                {"text": f"doc {k}-{i} " * (i % 5 + 1), "lang": ["en", "de", "fr"][(k + i) % 3]}
+                for i in range(40)
+            ],
             "zst",
         )
     return root
