@@ -169,6 +169,15 @@ class RayExecutor(ScanExecutor):
             ray.init(address=address, **options)
         return ray
 
+    def _task_options(self) -> dict[str, Any]:
+        # SPREAD: across the nodes, not packed onto the driver's node first (scans are I/O bound)
+        return {
+            "num_cpus": 1,
+            "max_retries": self.max_retries,
+            "retry_exceptions": False,
+            "scheduling_strategy": "SPREAD",
+        }
+
     def _groups(self, ray: Any, todo: Sequence[tuple[int, str]]) -> list[list[tuple[int, str]]]:
         size = self.files_per_task
         if size is None:
@@ -187,9 +196,7 @@ class RayExecutor(ScanExecutor):
             {p: t.duckdb for p, t in job.schema.items()},
             dict(job.stored_options),
         )
-        task = ray.remote(_scan_group).options(
-            num_cpus=1, max_retries=self.max_retries, retry_exceptions=False
-        )
+        task = ray.remote(_scan_group).options(**self._task_options())
         groups = self._groups(ray, todo)
         refs = {task.remote(request, group): group for group in groups}
 
@@ -212,7 +219,7 @@ class RayExecutor(ScanExecutor):
         if not calls:
             return
         ray = self.connect()
-        task = ray.remote(function).options(num_cpus=1, max_retries=self.max_retries, retry_exceptions=False)
+        task = ray.remote(function).options(**self._task_options())
         refs = {task.remote(i, *args): [(i, path)] for i, path, args in calls}
 
         def unpack(value: Any) -> tuple[int, BaseException] | None:

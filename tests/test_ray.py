@@ -107,7 +107,7 @@ class Cluster:
             "MIXTERA_TEST_MARKS": str(self.marks),
         }
         saved = {k: os.environ.get(k) for k in [*node_env, "MIXTERA_TEST_NODE", "MIXTERA_TEST_SLOW"]}
-        os.environ.update(node_env, MIXTERA_TEST_NODE="head", MIXTERA_TEST_SLOW="0.05")
+        os.environ.update(node_env, MIXTERA_TEST_NODE="head", MIXTERA_TEST_SLOW="0.2")
         try:  # the head's processes inherit this environment
             ctx = ray.init(
                 address="local",
@@ -310,6 +310,27 @@ def test_a_plugin_missing_on_the_workers_fails_with_its_name(cluster, tmp_path):
         assert [d.name for d in client.list_datasets()] == ["local"]
 
 
+def test_cli_register_and_tokenize_with_executor_ray(cluster, tmp_path, capsys, small_bpe):
+    from mixtera_core.cli import main
+
+    write_jsonl(tmp_path / "d" / "a.jsonl", [{"text": f"t{i}", "lang": "en"} for i in range(5)])
+    write_jsonl(tmp_path / "d" / "b.jsonl", [{"text": f"u{i}", "lang": "de"} for i in range(3)])
+    db = str(tmp_path / "db")
+    assert (
+        main(["--db", db, "register", "d", str(tmp_path / "d"), "--field", "lang=lang", "--executor", "ray"])
+        == 0
+    )
+    out, err = capsys.readouterr()
+    assert "registered 'd': 2 files, 8 samples" in out and "samples/s, ray)" in err
+    assert (
+        main(["--db", db, "tokenize", "d", "--tokenizer", f"hf:{small_bpe}", "--executor", "ray", "--quiet"])
+        == 0
+    )
+    assert "tokenized d: 2 files" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--ray-address goes with --executor ray"):
+        main(["--db", db, "register", "e", str(tmp_path / "d"), "--ray-address", "127.0.0.1:1"])
+
+
 def slow_corpus(root: Path, files: int) -> Path:
     for k in range(files):
         write_jsonl(
@@ -353,7 +374,7 @@ def test_an_interrupted_ray_registration_resumes(cluster, tmp_path):
 
 def test_a_worker_node_killed_mid_registration(cluster, tmp_path):
     """Runs last: it kills the worker node. Its tasks are retried on the head; same catalog."""
-    root = slow_corpus(tmp_path / "data", 24)
+    root = slow_corpus(tmp_path / "data", 40)  # ~4 s on the head alone: the worker node gets tasks
     kwargs = {"parser": "slow_fields", "parser_options": {"lang": "lang"}}
     cluster.clear_marks()
     result: dict = {}
@@ -371,14 +392,17 @@ def test_a_worker_node_killed_mid_registration(cluster, tmp_path):
         thread.start()
         deadline = time.monotonic() + 120
         while not any(m.name.startswith("worker-") for m in cluster.marks.iterdir()):
-            assert thread.is_alive() and time.monotonic() < deadline, "no task ran on the worker node"
+            assert thread.is_alive() and time.monotonic() < deadline, (
+                f"no task ran on the worker node: {result}, {[(n['Alive'], n['Resources']) for n in ray.nodes()]}, "
+                f"worker node process: {cluster.worker.poll()}"
+            )
             time.sleep(0.01)
         kill_tree(cluster.worker)  # the worker node is mid-file (it sleeps 1.5 s per file)
         thread.join(timeout=240)
         assert not thread.is_alive()
         if "error" in result:
             raise result["error"]
-        assert result["report"].files == 24
+        assert result["report"].files == 40
         marks = cluster.marks_by_path()
         retried = [p for p, nodes in marks.items() if "worker" in nodes and "head" in nodes]
         assert retried, marks  # a file started on the killed node was scanned again on the head
