@@ -15,8 +15,9 @@ which files finish. When files fail, the error raised is the one of the first fa
 path order (later files are cancelled, earlier ones run to the end).
 
 **Resume.** Each finished file's scan is written to
-``DB_DIR/registrations/<dataset>-<hash>/<settings>/`` (an Arrow IPC file of its properties, its
-read index and sample sizes, and a ``.json`` written last that holds its fingerprint). A
+``DB_DIR/registrations/<dataset>-<hash>/<settings>/`` as one Arrow IPC file (its properties; its
+read index, sample sizes and fingerprint in the schema metadata), renamed into place when
+complete. A
 registration of the same name with the same format, parser, options and ``on_error`` reuses a
 file's scan when the file's fingerprint (size, mtime, content hash; for objects size and
 version) is still the same, and scans the rest. The directory is removed once the dataset is
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
 REGISTRATIONS_DIR = "registrations"
 #: bumped when what a spilled scan holds changes: older spills are then not reused
 SPILL_LAYOUT = 1
+_META, _READ_INDEX, _SIZES = b"mixtera.spill", b"mixtera.read_index", b"mixtera.sample_bytes"
 
 #: (index into the registration's paths, its scan), called in the registering thread
 DoneCallback = Callable[[int, _Scanned], None]
@@ -173,31 +175,29 @@ class Spill:
         os.makedirs(self.directory, exist_ok=True)
 
     def has(self, path: str, listing: set[str]) -> bool:
-        """Whether ``listing`` (of the directory) holds a complete spilled scan of ``path``."""
-        return os.path.basename(self._file(path, ".json")) in listing
+        """Whether ``listing`` (of the directory) holds a spilled scan of ``path``."""
+        return os.path.basename(self._file(path)) in listing
 
-    def _file(self, path: str, ext: str) -> str:
-        return os.path.join(self.directory, hashlib.sha256(path.encode()).hexdigest()[:32] + ext)
+    def _file(self, path: str) -> str:
+        return os.path.join(self.directory, hashlib.sha256(path.encode()).hexdigest()[:32] + ".arrow")
 
     def load(self, path: str, region: str) -> _Scanned | None:
         """The spilled scan of ``path`` when the file still has the fingerprint it had, else None."""
         try:
-            with open(self._file(path, ".json"), encoding="utf-8") as fh:
-                meta = json.load(fh)
-        except (OSError, ValueError):
-            return None
-        if not isinstance(meta, dict) or meta.get("path") != path or meta.get("layout") != SPILL_LAYOUT:
-            return None
-        fp = FileFingerprint(**meta["fingerprint"])
-        try:
+            with ipc.open_file(self._file(path)) as reader:
+                table = reader.read_all()
+            extra = table.schema.metadata or {}
+            meta = json.loads(extra[_META])
+            if meta.get("path") != path or meta.get("layout") != SPILL_LAYOUT:
+                return None
+            fp = FileFingerprint(**meta["fingerprint"])
             if FileFingerprint.of(path, region) != fp:
                 return None  # changed since: scan it again
-            with ipc.open_file(self._file(path, ".arrow")) as reader:
-                table = reader.read_all()
-            read_index = self._read_bytes(path, ".index") if meta["read_index"] else None
-            sizes_blob = self._read_bytes(path, ".sizes") if meta["sample_bytes"] else None
-        except (OSError, pa.ArrowException):
+        except (OSError, ValueError, KeyError, TypeError, pa.ArrowException):
             return None
+        read_index = extra.get(_READ_INDEX) if meta["read_index"] else None
+        sizes_blob = extra.get(_SIZES) if meta["sample_bytes"] else None
+        table = table.replace_schema_metadata(None)
         sizes = None
         if sizes_blob is not None:
             from .catalog import _decode_sizes
@@ -207,43 +207,35 @@ class Spill:
         scan = FileScan(table, int(meta["skipped"]), read_index, sizes)
         return _Scanned(scan, sizes_blob, fp)
 
-    def _read_bytes(self, path: str, ext: str) -> bytes:
-        with open(self._file(path, ext), "rb") as fh:
-            return fh.read()
-
     def save(self, path: str, item: _Scanned) -> None:
-        """Keep ``item`` for a later run; best effort (a failure to spill only loses the resume)."""
+        """Keep ``item`` for a later run: one Arrow IPC file (properties; read index, sizes and
+        fingerprint in its schema metadata), renamed into place when complete. Best effort: a
+        failure to spill only loses the resume."""
+        fp = item.fingerprint
+        meta = {
+            "layout": SPILL_LAYOUT,
+            "path": path,
+            "fingerprint": {"size": fp.size, "mtime_ns": fp.mtime_ns, "content_hash": fp.content_hash},
+            "skipped": item.scan.skipped,
+            "read_index": item.scan.read_index is not None,
+            "sample_bytes": item.sizes is not None,
+        }
+        extra = {_META: json.dumps(meta).encode()}
+        if item.scan.read_index is not None:
+            extra[_READ_INDEX] = item.scan.read_index
+        if item.sizes is not None:
+            extra[_SIZES] = item.sizes
+        table = item.scan.properties
+        target = self._file(path)
         try:
             os.makedirs(self.directory, exist_ok=True)
-            meta_path = self._file(path, ".json")
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(meta_path)
-            with ipc.new_file(self._file(path, ".arrow.tmp"), item.scan.properties.schema) as writer:
-                writer.write_table(item.scan.properties)
-            os.replace(self._file(path, ".arrow.tmp"), self._file(path, ".arrow"))
-            if item.scan.read_index is not None:
-                self._write_bytes(path, ".index", item.scan.read_index)
-            if item.sizes is not None:
-                self._write_bytes(path, ".sizes", item.sizes)
-            fp = item.fingerprint
-            meta = {
-                "layout": SPILL_LAYOUT,
-                "path": path,
-                "fingerprint": {"size": fp.size, "mtime_ns": fp.mtime_ns, "content_hash": fp.content_hash},
-                "skipped": item.scan.skipped,
-                "read_index": item.scan.read_index is not None,
-                "sample_bytes": item.sizes is not None,
-            }
-            self._write_bytes(path, ".json", json.dumps(meta).encode())  # last: the scan is complete
+            schema = table.schema.with_metadata(extra)
+            with ipc.new_file(target + ".tmp", schema) as writer:
+                writer.write_table(table.replace_schema_metadata(extra))
+            os.replace(target + ".tmp", target)
             self.saved += 1
         except OSError:
             pass
-
-    def _write_bytes(self, path: str, ext: str, data: bytes) -> None:
-        tmp = self._file(path, ext + ".tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, self._file(path, ext))
 
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
