@@ -19,8 +19,8 @@ nodes left; errors raised by the scan itself (a malformed record) are not retrie
 collected by path index, so neither task order nor retries change what is written.
 
 Ray is imported when an executor runs, never by ``import mixtera_core``. ``address`` defaults
-to ``RAY_ADDRESS``, else Ray's default (a cluster started with ``ray start`` on this machine,
-else a new local instance); a process that called ``ray.init`` itself is used as it is.
+to ``RAY_ADDRESS``, else a new local Ray instance (``ray.init(address="local")``, kept for the
+rest of the process); a process that called ``ray.init`` itself is used as it is.
 """
 
 from __future__ import annotations
@@ -137,9 +137,9 @@ def _scan_group(
 class RayExecutor(ScanExecutor):
     """Scans (and tokenizes) files as Ray tasks.
 
-    ``address``: the cluster (``"ray://..."``, ``"host:port"``); default ``RAY_ADDRESS``, else Ray's
-    default. ``files_per_task``: files per task (default: about TASKS_PER_CPU tasks per cluster
-    CPU, at most MAX_FILES_PER_TASK files each). ``max_retries``: retries of a task whose worker
+    ``address``: the cluster (``"host:port"`` of its head, ``"auto"``, ``"ray://..."``); default
+    ``RAY_ADDRESS``, else a new local instance. ``files_per_task``: files per task (default:
+    about TASKS_PER_CPU tasks per cluster CPU, at most MAX_FILES_PER_TASK files each). ``max_retries``: retries of a task whose worker
     died. ``init_options``: more keyword arguments for ``ray.init`` when this executor starts Ray.
     """
 
@@ -164,7 +164,7 @@ class RayExecutor(ScanExecutor):
         """The ray module, connected (``ray.init`` unless this process is connected already)."""
         ray = import_ray()
         if not ray.is_initialized():
-            address = self.address or os.environ.get("RAY_ADDRESS") or None
+            address = self.address or os.environ.get("RAY_ADDRESS") or "local"
             options = {"log_to_driver": False, **self.init_options}
             ray.init(address=address, **options)
         return ray
