@@ -40,10 +40,9 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import numpy as np
@@ -62,6 +61,9 @@ from .errors import (
 from .interfaces import ON_ERROR_CHOICES, DatasetFormat, FileScan, MetadataParser
 from .locations import resolve_files
 from .properties import PropertyType, type_from_duckdb, validate_property_name
+
+if TYPE_CHECKING:
+    from .executors import ScanExecutor
 
 SCHEMA_VERSION = 1
 CATALOG_FILE = "catalog.duckdb"
@@ -215,11 +217,18 @@ class RegistrationReport:
     # property -> samples that have a value for it (0: the mapping matched nothing, likely a typo)
     values_found: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    # files whose scan an interrupted earlier run of this registration had finished (not rescanned)
+    resumed: int = 0
+    # wall time of the scan (the executor's part), and the executor that ran it
+    scan_seconds: float = 0.0
+    executor: str = "local"
 
     def __str__(self) -> str:
         s = f"registered {self.dataset!r}: {self.files} files, {self.samples} samples"
         if self.skipped:
             s += f", {self.skipped} skipped"
+        if self.resumed:
+            s += f" ({self.resumed} files resumed from an interrupted run)"
         return "\n".join([s, *(f"warning: {w}" for w in self.warnings)])
 
 
@@ -423,6 +432,7 @@ class Catalog:
         workers: int | None = None,
         progress: ProgressCallback | None = None,
         storage_options: dict[str, Any] | None = None,
+        executor: str | ScanExecutor = "local",
     ) -> RegistrationReport:
         """Scan every file of ``location`` with ``fmt``/``parser`` and add the dataset atomically.
 
@@ -430,8 +440,12 @@ class Catalog:
         URLs: all of them in this process (:func:`mixtera_core.storage.configure`), and all
         but the secrets (keys, tokens, ...) are stored with the dataset for other processes.
 
-        The files are scanned (and fingerprinted) by ``workers`` threads without holding the
-        catalog lock; then, in one transaction under the lock, the name and the property types
+        The files are scanned (and fingerprinted) by ``executor`` without holding the catalog
+        lock: ``"local"`` (``workers`` threads of this process) or ``"ray"`` (tasks on a Ray
+        cluster, see :mod:`mixtera_core.ray_executor`), or a
+        :class:`~mixtera_core.executors.ScanExecutor`. Each finished file's scan is kept under
+        ``DB_DIR/registrations/`` until the dataset is committed, so an interrupted or failed
+        registration run again rescans only the files not done (or changed) since. Then, in one transaction under the lock, the name and the property types
         are checked again and everything is written. So two concurrent registrations of one
         name (threads, or clients of one server) cannot both succeed: the later one raises
         :class:`~mixtera_core.errors.DatasetExistsError` (``replace=False``), and a property
@@ -452,12 +466,7 @@ class Catalog:
         schema = parser.schema
         for prop in schema:
             validate_property_name(prop)
-        region = getattr(fmt, "fingerprint_region", "ends")
-        if region not in FINGERPRINT_REGIONS:
-            raise MixteraError(
-                f"format plugin {fmt.name!r} has fingerprint_region {region!r}; "
-                f"it must be one of {FINGERPRINT_REGIONS} (a bug in the format plugin)"
-            )
+        fingerprint_region(fmt)  # a bad one fails before the scan
         stored: dict[str, dict[str, Any]] = {}
         if storage_options:
             items = [location] if isinstance(location, str | os.PathLike) else list(location)
@@ -480,30 +489,22 @@ class Catalog:
             properties={p: t.name for p, t in schema.items()},
             values_found=dict.fromkeys(schema, 0),
         )
-        workers = max(1, workers or min(len(paths), os.cpu_count() or 1))
-        record_props = set(parser.record_schema())
+        from .executors import ScanJob, get_executor, scan_with_resume
 
-        def scan(path: str) -> _Scanned:
-            before = FileFingerprint.of(path, region)
-            result = _with_file_properties(
-                fmt.scan(path, parser, on_error), path, parser, schema, record_props
-            )
-            now: tuple[Any, ...]
-            seen: tuple[Any, ...]
-            if storage.is_remote(path):
-                after = FileFingerprint.of(path, region)
-                now, seen = (after.size, after.content_hash), (before.size, before.content_hash)
-            else:
-                st = os.stat(path)
-                now, seen = (st.st_size, st.st_mtime_ns), (before.size, before.mtime_ns)
-            if now != seen:
-                raise FileChangedError(
-                    path,
-                    "it was modified while it was being registered; register the dataset once it is complete",
-                )
-            return _Scanned(result, _encode_sizes(result), before)  # sizes compressed off the insert path
-
-        scanned = _scan_all(paths, scan, workers, progress)
+        job = ScanJob(
+            fmt=fmt,
+            parser=parser,
+            format_name=fmt.name,
+            parser_name=parser_name,
+            parser_options=dict(parser_options),
+            on_error=on_error,
+            schema=schema,
+            stored_options={**storage.stored_options(), **stored},
+            workers=workers,
+        )
+        scanned, spill = scan_with_resume(
+            self.db_dir, name, options_json, job, paths, get_executor(executor), progress, report
+        )
         try:
             with self._transaction() as c:
                 old = self._check_registrable(c, name, schema, parser_name, replace)
@@ -522,6 +523,7 @@ class Catalog:
                 f"registering dataset {name!r} failed in the catalog {self.path} ({type(e).__name__}: {e}); "
                 f"nothing was written. Try again; if it persists, check the catalog file"
             ) from e
+        spill.remove()  # committed: nothing left to resume
         return report
 
     def _insert(
@@ -732,27 +734,39 @@ class _Scanned:
     fingerprint: FileFingerprint
 
 
-def _scan_all(
-    paths: list[str],
-    scan: Callable[[str], _Scanned],
-    workers: int,
-    progress: ProgressCallback | None,
-) -> list[_Scanned]:
-    """``scan`` every path in a thread pool (in path order); the first failure cancels the files
-    not started yet and is raised once the running ones have finished."""
-    out: list[_Scanned] = []
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures: list[Future[_Scanned]] = [pool.submit(scan, p) for p in paths]
-        try:
-            for i, (path, fut) in enumerate(zip(paths, futures, strict=True)):
-                out.append(fut.result())
-                if progress is not None:
-                    progress(path, i + 1, len(paths))
-        except BaseException:
-            for fut in futures:
-                fut.cancel()
-            raise
-    return out
+def fingerprint_region(fmt: DatasetFormat) -> str:
+    """How ``fmt``'s files are fingerprinted (see FINGERPRINT_REGIONS)."""
+    region = getattr(fmt, "fingerprint_region", "ends")
+    if region not in FINGERPRINT_REGIONS:
+        raise MixteraError(
+            f"format plugin {fmt.name!r} has fingerprint_region {region!r}; "
+            f"it must be one of {FINGERPRINT_REGIONS} (a bug in the format plugin)"
+        )
+    return str(region)
+
+
+def scan_file(fmt: DatasetFormat, parser: MetadataParser, path: str, on_error: str) -> _Scanned:
+    """Scan and fingerprint one file for registration: what every executor runs per file (in
+    this process, or on a Ray worker with the plugins found there by name)."""
+    region = fingerprint_region(fmt)
+    before = FileFingerprint.of(path, region)
+    result = _with_file_properties(
+        fmt.scan(path, parser, on_error), path, parser, parser.schema, set(parser.record_schema())
+    )
+    now: tuple[Any, ...]
+    seen: tuple[Any, ...]
+    if storage.is_remote(path):
+        after = FileFingerprint.of(path, region)
+        now, seen = (after.size, after.content_hash), (before.size, before.content_hash)
+    else:
+        st = os.stat(path)
+        now, seen = (st.st_size, st.st_mtime_ns), (before.size, before.mtime_ns)
+    if now != seen:
+        raise FileChangedError(
+            path,
+            "it was modified while it was being registered; register the dataset once it is complete",
+        )
+    return _Scanned(result, _encode_sizes(result), before)  # sizes compressed off the insert path
 
 
 def _first(cursor: duckdb.DuckDBPyConnection) -> tuple[Any, ...] | None:

@@ -212,9 +212,42 @@ def _storage_options(args: argparse.Namespace) -> dict[str, Any] | None:
     return options
 
 
+def _executor(args: argparse.Namespace) -> Any:
+    """``--executor`` / ``--ray-address`` as the client's ``executor`` argument."""
+    if args.executor == "local":
+        if args.ray_address:
+            raise SystemExit("mixtera: --ray-address goes with --executor ray")
+        return "local"
+    if args.server:
+        raise SystemExit(
+            "mixtera: --executor ray goes with --db: a server scans with its own threads; run the "
+            "registration where the catalog is"
+        )
+    if not args.ray_address:
+        return "ray"
+    from .ray_executor import RayExecutor
+
+    return RayExecutor(address=args.ray_address)
+
+
+def _executor_options(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default="local",
+        help=f"where files are {what}: this machine's cores (default) or Ray tasks (pip install 'mixtera[ray]')",
+    )
+    p.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="the Ray cluster for --executor ray (default: RAY_ADDRESS, else a local Ray instance)",
+    )
+
+
 def cmd_register(args: argparse.Namespace) -> int:
     options = _parse_options(args)
     storage_options = _storage_options(args)
+    executor = _executor(args)
     with _client(args, create=True) as client, warnings.catch_warnings():
         warnings.simplefilter("ignore", RegistrationWarning)  # printed with the report below
         report = client.register_dataset(
@@ -228,11 +261,18 @@ def cmd_register(args: argparse.Namespace) -> int:
             workers=args.workers,
             progress=None if args.quiet or args.json else _progress_bar(f"register {args.name}"),
             **({"storage_options": storage_options} if storage_options else {}),
+            **({"executor": executor} if executor != "local" else {}),
         )
     if args.json:
         _print_json(dataclasses.asdict(report))
         return 0
     print(report)
+    if not args.quiet and report.scan_seconds > 0 and report.files > report.resumed:
+        rate = report.samples / report.scan_seconds
+        print(
+            f"scanned in {report.scan_seconds:.1f} s ({rate:,.0f} samples/s, {report.executor})",
+            file=sys.stderr,
+        )
     for path, n in sorted(report.skipped_by_file.items()):
         print(f"  skipped {n} in {path}")
     return 0
@@ -275,6 +315,7 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
         if not isinstance(options, dict):
             raise SystemExit("mixtera: --tokenizer-options must be a JSON object")
     tokenizer = _tokenizer_arg(args, args.tokenizer)
+    executor = _executor(args)
     with _client(args) as client:
         report = client.tokenize(
             args.datasets,
@@ -285,6 +326,7 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
             text_field=args.text_field,
             workers=args.workers,
             progress=None if args.quiet or args.json else _tokenize_progress(),
+            **({"executor": executor} if executor != "local" else {}),
         )
     if args.json:
         _print_json(dataclasses.asdict(report))
@@ -534,6 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--on-error", choices=["fail", "skip"], default="fail")
     r.add_argument("--replace", action="store_true", help="re-register a dataset of the same name")
     r.add_argument("--workers", type=int, help="parallel file scans (default: cores)")
+    _executor_options(r, "scanned")
     r.add_argument(
         "--storage-options",
         metavar="JSON",
@@ -558,6 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-eos", action="store_true", help="no EOS after each document")
     t.add_argument("--text-field", default="text", help="field holding the text (dotted path; default text)")
     t.add_argument("--workers", type=int, help="files tokenized at once (default: cores)")
+    _executor_options(t, "tokenized")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     _json_flag(t)
     t.set_defaults(func=cmd_tokenize)

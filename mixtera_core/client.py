@@ -29,6 +29,7 @@ from .report import ComponentInfo, Explanation, JobReport
 # Query planning, jobs, streams and plugins are imported by the methods that use them: listing
 # datasets or jobs (the CLI's most common commands) then starts without them (benchmarks/startup.py).
 if TYPE_CHECKING:
+    from .executors import ScanExecutor
     from .index import ChunkerIndex
     from .job import Job, JobSpec, TokenizerSpec
     from .mixture import Mixture
@@ -115,6 +116,7 @@ class MixteraClient(ABC):
         workers: int | None = None,
         progress: ProgressCallback | None = None,
         storage_options: dict[str, Any] | None = None,
+        executor: str | ScanExecutor = "local",
     ) -> RegistrationReport:
         """Index every sample of ``location`` (file, directory, glob, URL, or a list of them).
 
@@ -124,6 +126,13 @@ class MixteraClient(ABC):
         URLs (``s3://bucket/prefix/*.jsonl.zst``, any fsspec filesystem) connect with the
         filesystem's standard configuration, or ``storage_options`` (fsspec's; secrets in
         them are used, never stored: see :mod:`mixtera_core.storage`).
+
+        ``executor``: where the files are scanned: ``"local"`` (``workers`` threads),
+        ``"ray"`` (Ray tasks on the cluster at ``RAY_ADDRESS``, else a local Ray instance; see
+        :mod:`mixtera_core.ray_executor`) or a :class:`~mixtera_core.executors.ScanExecutor`
+        (e.g. ``RayExecutor(address=...)``). The catalog is the same either way. A registration
+        that was interrupted or failed resumes: run it again and only the files not finished
+        (or changed) since are scanned.
         """
 
     @abstractmethod
@@ -148,6 +157,7 @@ class MixteraClient(ABC):
         text_field: str = "text",
         workers: int | None = None,
         progress: TokenizeCallback | None = None,
+        executor: str | ScanExecutor = "local",
     ) -> TokenizeReport:
         """Tokenize every sample of ``datasets`` once into the token index beside the catalog
         (``DB_DIR/tokens/<fingerprint>``, see :mod:`mixtera_core.token_index`): what a token-mode
@@ -156,7 +166,9 @@ class MixteraClient(ABC):
         ``tokenizer``: ``(plugin, source)`` as for :meth:`execute` (the source as the catalog's
         host sees it). Files are tokenized in parallel by ``workers`` threads (default: cores);
         ``progress`` gets a :class:`~mixtera_core.token_index.TokenizeProgress` after every batch
-        and file. Resumable: a rerun skips the files done already. Refuses data files changed
+        and file; ``executor="ray"`` (or a ``RayExecutor``) tokenizes them as Ray tasks instead,
+        which need the tokenizer source at the same path on every node. Resumable: a rerun
+        skips the files done already. Refuses data files changed
         since registration (:class:`~mixtera_core.errors.TokenIndexStaleError`) and an index
         directory whose manifest does not match (:class:`~mixtera_core.errors.TokenIndexManifestError`).
         """
@@ -414,6 +426,7 @@ class LocalMixteraClient(MixteraClient):
         workers: int | None = None,
         progress: ProgressCallback | None = None,
         storage_options: dict[str, Any] | None = None,
+        executor: str | ScanExecutor = "local",
     ) -> RegistrationReport:
         fmt = self.plugins.format(format)
         options = dict(parser_options or {})
@@ -430,6 +443,7 @@ class LocalMixteraClient(MixteraClient):
             workers=workers,
             progress=progress,
             storage_options=storage_options,
+            executor=executor,
         )
         report.warnings.extend(_unmatched_properties(report, options))
         warn_registration(report)
@@ -455,6 +469,7 @@ class LocalMixteraClient(MixteraClient):
         text_field: str = "text",
         workers: int | None = None,
         progress: TokenizeCallback | None = None,
+        executor: str | ScanExecutor = "local",
     ) -> TokenizeReport:
         from .job import TokenizerSpec
         from .token_index import tokenize
@@ -477,6 +492,7 @@ class LocalMixteraClient(MixteraClient):
             workers=workers,
             progress=progress,
             plugins=self.plugins,
+            executor=executor,
         )
 
     def chunker_index(self, query: Query, properties: Sequence[str] | None = None) -> ChunkerIndex:

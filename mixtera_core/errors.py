@@ -7,10 +7,25 @@ so that a training engineer can fix their data or call without reading our sourc
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 
 class MixteraError(Exception):
-    """Base class of every error Mixtera raises on purpose."""
+    """Base class of every error Mixtera raises on purpose.
+
+    Picklable with its message and attributes whatever its constructor takes, so that an
+    error raised in another process (a Ray task, a process pool) arrives as itself."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _restore, (type(self), self.args, dict(self.__dict__))
+
+
+def _restore(cls: type[MixteraError], args: tuple[Any, ...], state: dict[str, Any]) -> MixteraError:
+    """Rebuild a pickled MixteraError without calling its constructor (see ``__reduce__``)."""
+    err = cls.__new__(cls)
+    Exception.__init__(err, *args)
+    err.__dict__.update(state)
+    return err
 
 
 class UnknownPluginError(MixteraError, LookupError):
@@ -25,6 +40,11 @@ class UnknownPluginError(MixteraError, LookupError):
             f"no {kind} plugin named {name!r} (installed: {listing}). "
             f"Install a package that provides it (entry-point group 'mixtera') or pick an installed one."
         )
+
+
+class WorkerPluginError(MixteraError, LookupError):
+    """A plugin the registering process has is not installed where a distributed executor runs
+    the work (a Ray worker): plugins are found by name on every worker."""
 
 
 class UnknownFormatError(UnknownPluginError):

@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
@@ -55,6 +55,9 @@ from .server import mixtera_pb2 as pb
 from .server import mixtera_pb2_grpc as pb_grpc
 from .streaming import JobStream
 from .token_index import TokenizeCallback, TokenizeProgress, TokenizeReport
+
+if TYPE_CHECKING:
+    from .executors import ScanExecutor
 
 ERROR_METADATA = "mixtera-error"  # trailing metadata: the class name of a Mixtera error
 CLIENT_MAX_MESSAGE = 1 << 30
@@ -86,6 +89,16 @@ class InvalidArgumentError(RemoteError, ValueError):
 
 
 # ---------------------------------------------------------------------- wire helpers
+
+
+def _local_executor_only(executor: Any, method: str) -> None:
+    """A server runs registration and tokenization with its own executor (its threads)."""
+    if executor != "local":
+        raise ValueError(
+            f"{method}(executor={executor!r}) is for an embedded client (MixteraClient.local): a server "
+            f"scans with its own threads. To use Ray, register from the process that holds the catalog "
+            f"(stop the server, or run the registration there) with executor='ray'"
+        )
 
 
 def _json_default(obj: Any) -> Any:
@@ -478,7 +491,9 @@ class RemoteMixteraClient(MixteraClient):
         workers: int | None = None,
         progress: ProgressCallback | None = None,
         storage_options: dict[str, Any] | None = None,
+        executor: str | ScanExecutor = "local",
     ) -> RegistrationReport:
+        _local_executor_only(executor, "register_dataset")
         if storage_options:
             # a client must not choose where the server connects (endpoints) or with whose keys
             raise ValueError(
@@ -531,9 +546,11 @@ class RemoteMixteraClient(MixteraClient):
         text_field: str = "text",
         workers: int | None = None,
         progress: TokenizeCallback | None = None,
+        executor: str | ScanExecutor = "local",
     ) -> TokenizeReport:
         """Runs on the server (``Tokenize``): the tokenizer source is a path as the server sees
         it (under its allowed roots) or an encoding name; the index goes to the server's DB_DIR."""
+        _local_executor_only(executor, "tokenize")
         if isinstance(tokenizer, TokenizerSpec):
             name, source, options = tokenizer.name, tokenizer.source, {**tokenizer.options}
         else:

@@ -66,7 +66,7 @@ from .errors import (
     TokenIndexStaleError,
     UnknownDatasetError,
 )
-from .interfaces import FieldRef, Tokenizer
+from .interfaces import DatasetFormat, FieldRef, Tokenizer
 from .job import TokenizerSpec, atomic_write
 from .plugins import PluginManager, get_plugin_manager
 from .streaming import document_specials, load_tokenizer, record_text
@@ -576,6 +576,138 @@ def _directory_lock(directory: str) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+def _file_texts(
+    fmt: DatasetFormat, read_index: bytes | None, f: _CatalogFile, present: np.ndarray, text_ref: FieldRef
+) -> Iterator[tuple[int, str]]:
+    """(sample index, text) of every catalog sample of the file, checked against the catalog."""
+    k = 0
+    for i, value in fmt.read_field(f.path, _runs(present), read_index, text_ref):
+        if k >= len(present) or int(i) != present[k]:
+            raise _stale(
+                f.path,
+                f.dataset,
+                f"the format returned sample {i} where the catalog has "
+                f"{'no more samples' if k >= len(present) else f'sample {present[k]}'}",
+            )
+        k += 1
+        if value is None:  # e.g. webdataset: no "text" field, but a txt member
+            value = next((rec for _, rec in fmt.read(f.path, [(int(i), int(i) + 1)], read_index)), None)
+        yield int(i), record_text(value, text_ref, (f.path, int(i)))
+    if k < len(present):
+        raise _stale(
+            f.path, f.dataset, f"sample {present[k]} is in the catalog but the format did not return it"
+        )
+
+
+def _encode_batches(
+    fmt: DatasetFormat,
+    read_index: bytes | None,
+    f: _CatalogFile,
+    present: np.ndarray,
+    tok: Tokenizer,
+    bos: list[int],
+    eos: list[int],
+    text_ref: FieldRef,
+    batch_size: int,
+    dtype: np.dtype,
+) -> Iterator[tuple[list[int], list[int], np.ndarray]]:
+    """Per batch of documents: their sample indices, token counts and tokens (``dtype``), each
+    document ``bos + encode(text) + eos``."""
+    max_id = int(np.iinfo(dtype).max)
+    extra = len(bos) + len(eos)
+    idx: list[int] = []
+    texts: list[str] = []
+
+    def encode() -> tuple[list[int], list[int], np.ndarray]:
+        ids = tok.encode_batch(texts)
+        flat: list[int] = []
+        for doc in ids:
+            flat.extend(bos)
+            flat.extend(doc)
+            flat.extend(eos)
+        arr = np.asarray(flat, dtype=np.int64)
+        if arr.size and (int(arr.max()) > max_id or int(arr.min()) < 0):
+            raise TokenIndexError(
+                f"{f.path}: the tokenizer produced id {int(arr.max())}, beyond {dtype.name} "
+                f"although its vocab_size is {tok.vocab_size}; the tokenizer plugin reports a "
+                f"wrong vocab_size"
+            )
+        return list(idx), [len(doc) + extra for doc in ids], arr.astype(dtype)
+
+    for i, text in _file_texts(fmt, read_index, f, present, text_ref):
+        idx.append(i)
+        texts.append(text)
+        if len(texts) >= batch_size:
+            yield encode()
+            idx.clear()
+            texts.clear()
+    if texts:
+        yield encode()
+
+
+@dataclass
+class _EncodedFile:
+    """A file tokenized on a remote worker: its tokens, per-sample-index token counts, and the
+    data file's size and mtime when it was read."""
+
+    tokens: np.ndarray
+    lengths: np.ndarray
+    size: int
+    mtime_ns: int
+
+
+def encode_file_remote(
+    spec: TokenizerSpec,
+    add_bos: bool,
+    add_eos: bool,
+    text_field: str,
+    fingerprint: str,
+    f: _CatalogFile,
+    present: np.ndarray,
+    read_index: bytes | None,
+    dtype_name: str,
+    batch_size: int,
+) -> _EncodedFile:
+    """Tokenize one file on a remote worker (a Ray task): the plugins are found by name there,
+    and the tokenizer must be the same as the driver's (its fingerprint is checked)."""
+    from .errors import UnknownPluginError, WorkerPluginError
+    from .ray_executor import _where
+
+    plugins = get_plugin_manager()
+    try:
+        fmt = plugins.format(f.format)
+        tok = load_tokenizer(spec, plugins)
+    except UnknownPluginError as e:
+        raise WorkerPluginError(
+            f"{e.kind} plugin {e.name!r} is not installed on the Ray worker {_where()} (its {e.kind} plugins: "
+            f"{', '.join(e.installed) or 'none'}): install the package that provides it on every node of "
+            f"the Ray cluster, or tokenize with executor='local'"
+        ) from None
+    here = _hash_identity(tokenizer_identity(spec, add_bos, add_eos, text_field, plugins, tokenizer=tok))
+    if here != fingerprint:
+        raise TokenIndexError(
+            f"the tokenizer {spec.name}:{spec.source} on the Ray worker {_where()} has fingerprint {here}, "
+            f"the driver's has {fingerprint}: every node must see the same tokenizer file (a shared path) "
+            f"and the same tokenizer plugin version"
+        )
+    bos, eos = document_specials(tok, add_bos, add_eos)
+    dtype = _DTYPES[dtype_name]
+    before = storage.stat(f.path)
+    n = int(present[-1]) + 1 if len(present) else 0
+    lengths = np.zeros(n, dtype=np.int64)
+    parts: list[np.ndarray] = []
+    for idx, doc_lengths, arr in _encode_batches(
+        fmt, read_index, f, present, tok, bos, eos, FieldRef.parse(text_field), batch_size, dtype
+    ):
+        lengths[idx] = doc_lengths
+        parts.append(arr)
+    after = storage.stat(f.path)
+    if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+        raise _stale(f.path, f.dataset, "it changed while it was being tokenized")
+    tokens = np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+    return _EncodedFile(tokens, lengths, int(before.st_size), int(before.st_mtime_ns))
+
+
 class _Builder:
     """Tokenizes the files of one run; workers report to the calling thread through a queue."""
 
@@ -597,10 +729,10 @@ class _Builder:
         self.plugins = plugins
         self.directory = directory
         self.tok = tok
+        self.add_bos, self.add_eos = bool(add_bos), bool(add_eos)
         self.bos, self.eos = document_specials(tok, add_bos, add_eos)
         self.text_ref = FieldRef.parse(text_field)
         self.dtype = dtype
-        self.max_id = int(np.iinfo(dtype).max)
         self.catalog_version = catalog_version
         self.batch_size = max(1, int(batch_size))
         self.cancel = cancel
@@ -614,84 +746,67 @@ class _Builder:
         else:
             self.events.put(("done", f, meta))
 
-    def _texts(self, f: _CatalogFile, present: np.ndarray) -> Iterator[tuple[int, str]]:
-        """(sample index, text) of every catalog sample of the file, checked against the catalog."""
-        fmt = self.plugins.format(f.format)
-        read_index = self.catalog.read_index(f.id)
-        k = 0
-        for i, value in fmt.read_field(f.path, _runs(present), read_index, self.text_ref):
-            if k >= len(present) or int(i) != present[k]:
-                raise _stale(
-                    f.path,
-                    f.dataset,
-                    f"the format returned sample {i} where the catalog has "
-                    f"{'no more samples' if k >= len(present) else f'sample {present[k]}'}",
-                )
-            k += 1
-            if value is None:  # e.g. webdataset: no "text" field, but a txt member
-                value = next((rec for _, rec in fmt.read(f.path, [(int(i), int(i) + 1)], read_index)), None)
-            yield int(i), record_text(value, self.text_ref, (f.path, int(i)))
-        if k < len(present):
-            raise _stale(
-                f.path, f.dataset, f"sample {present[k]} is in the catalog but the format did not return it"
-            )
-
     def _file(self, f: _CatalogFile) -> dict[str, Any]:
-        d = self.directory
-        final_json = _meta_path(d, f.id, "json")
         with contextlib.suppress(FileNotFoundError):
-            os.remove(final_json)  # tokenized again: no reader may pair new arrays with the old record
+            os.remove(
+                _meta_path(self.directory, f.id, "json")
+            )  # no reader may pair new arrays with the old record
         before = storage.stat(f.path)
         present = _present_indices(self.catalog, f.id)
         n = int(present[-1]) + 1 if len(present) else 0
         lengths = np.zeros(n, dtype=np.int64)
         total = 0
-        tmp_tokens = _meta_path(d, f.id, "tokens.tmp")
+        tmp_tokens = _meta_path(self.directory, f.id, "tokens.tmp")
+        fmt = self.plugins.format(f.format)
+        read_index = self.catalog.read_index(f.id)
         with open(tmp_tokens, "wb") as out:
-            idx: list[int] = []
-            texts: list[str] = []
-
-            def flush() -> None:
-                nonlocal total
+            for idx, doc_lengths, arr in _encode_batches(
+                fmt,
+                read_index,
+                f,
+                present,
+                self.tok,
+                self.bos,
+                self.eos,
+                self.text_ref,
+                self.batch_size,
+                self.dtype,
+            ):
                 if self.cancel.is_set():
                     raise _Cancelled()
-                ids = self.tok.encode_batch(texts)
-                flat: list[int] = []
-                for doc in ids:
-                    flat.extend(self.bos)
-                    flat.extend(doc)
-                    flat.extend(self.eos)
-                arr = np.asarray(flat, dtype=np.int64)
-                if arr.size and (int(arr.max()) > self.max_id or int(arr.min()) < 0):
-                    raise TokenIndexError(
-                        f"{f.path}: the tokenizer produced id {int(arr.max())}, beyond {self.dtype.name} "
-                        f"although its vocab_size is {self.tok.vocab_size}; the tokenizer plugin reports a "
-                        f"wrong vocab_size"
-                    )
-                out.write(arr.astype(self.dtype).tobytes())
-                extra = len(self.bos) + len(self.eos)
-                lengths[idx] = [len(doc) + extra for doc in ids]
+                out.write(arr.tobytes())
+                lengths[idx] = doc_lengths
                 total += int(arr.size)
-                self.events.put(("batch", f, (len(texts), int(arr.size))))
-                idx.clear()
-                texts.clear()
-
-            for i, text in self._texts(f, present):
-                idx.append(i)
-                texts.append(text)
-                if len(texts) >= self.batch_size:
-                    flush()
-            if texts:
-                flush()
+                self.events.put(("batch", f, (len(idx), int(arr.size))))
             out.flush()
             os.fsync(out.fileno())
         after = storage.stat(f.path)
         if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
             raise _stale(f.path, f.dataset, "it changed while it was being tokenized")
+        return self._commit(f, present, lengths, total, int(before.st_size), int(before.st_mtime_ns))
+
+    def write_remote(self, f: _CatalogFile, present: np.ndarray, result: _EncodedFile) -> dict[str, Any]:
+        """Write a file a remote worker tokenized (:func:`encode_file_remote`)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(_meta_path(self.directory, f.id, "json"))
+        tokens = np.asarray(result.tokens)
+        if tokens.dtype != self.dtype:
+            raise TokenIndexError(f"{f.path}: a worker returned {tokens.dtype} tokens, expected {self.dtype}")
+        self._write_array(_meta_path(self.directory, f.id, "tokens"), tokens)
+        return self._commit(f, present, result.lengths, int(tokens.size), result.size, result.mtime_ns)
+
+    def _commit(
+        self, f: _CatalogFile, present: np.ndarray, lengths: np.ndarray, total: int, size: int, mtime_ns: int
+    ) -> dict[str, Any]:
+        """The arrays besides the tokens, then the file's ``.json`` (written last)."""
+        d = self.directory
+        tmp_tokens = _meta_path(d, f.id, "tokens.tmp")
+        if os.path.exists(tmp_tokens):
+            os.replace(tmp_tokens, _meta_path(d, f.id, "tokens"))
+        n = len(lengths)
         offsets = np.zeros(n + 1, dtype="<i8")
         np.cumsum(lengths, out=offsets[1:])
         absent = n - len(present)
-        os.replace(tmp_tokens, _meta_path(d, f.id, "tokens"))
         self._write_array(_meta_path(d, f.id, "offsets"), offsets)
         if absent:
             mask = np.zeros(n, dtype="u1")
@@ -704,8 +819,8 @@ class _Builder:
             "file_id": f.id,
             "dataset": f.dataset,
             "path": f.path,
-            "size": before.st_size,
-            "mtime_ns": before.st_mtime_ns,
+            "size": size,
+            "mtime_ns": mtime_ns,
             "num_samples": len(present),
             "max_sample_index": n - 1,
             "absent": absent,
@@ -713,7 +828,7 @@ class _Builder:
             "registration": f.registration,
             "catalog_version": self.catalog_version,
         }
-        atomic_write(final_json, json.dumps(meta, indent=1).encode())
+        atomic_write(_meta_path(d, f.id, "json"), json.dumps(meta, indent=1).encode())
         return meta
 
     @staticmethod
@@ -778,12 +893,15 @@ def tokenize(
     plugins: PluginManager | None = None,
     batch_size: int = BATCH_DOCS,
     cancel: threading.Event | None = None,
+    executor: Any = "local",
 ) -> TokenizeReport:
     """Tokenize every catalog sample of ``datasets`` into ``DB_DIR/tokens/<fingerprint>``.
 
     Files are tokenized by ``workers`` threads (default: one per core); ``progress`` is called
     in the calling thread after every batch and file (an exception from it stops the run,
     which a later call resumes); setting ``cancel`` stops it too (TokenIndexError).
+    ``executor="ray"`` (or a :class:`~mixtera_core.ray_executor.RayExecutor`) tokenizes one file
+    per Ray task instead; this process reads the catalog and writes the index (progress per file).
     """
     start = time.monotonic()
     names = [datasets] if isinstance(datasets, str) else list(dict.fromkeys(datasets))
@@ -851,6 +969,12 @@ def tokenize(
         n_workers = max(1, min(int(workers or os.cpu_count() or 1), len(todo) or 1))
         if progress is not None:
             progress(TokenizeProgress(**asdict(state)))
+        if executor is not None and executor != "local":
+            _tokenize_remote(
+                executor, builder, todo, tokenizer, fingerprint, dtype_name, batch_size, state, progress
+            )
+            report.files_tokenized = len(todo)
+            todo = []
         with ThreadPoolExecutor(n_workers, thread_name_prefix="mixtera-tokenize") as pool:
             futures = [pool.submit(builder.run, f) for f in todo]
             try:
@@ -884,6 +1008,58 @@ def tokenize(
     report.samples, report.tokens = state.samples_done, state.tokens
     report.seconds = time.monotonic() - start
     return report
+
+
+def _tokenize_remote(
+    executor: Any,
+    builder: _Builder,
+    todo: list[_CatalogFile],
+    spec: TokenizerSpec,
+    fingerprint: str,
+    dtype_name: str,
+    batch_size: int,
+    state: TokenizeProgress,
+    progress: TokenizeCallback | None,
+) -> None:
+    """Tokenize ``todo`` as Ray tasks; the results are written here as they arrive."""
+    from .executors import get_executor
+    from .ray_executor import RayExecutor, tokenize_task
+
+    runner = get_executor(executor)
+    if not isinstance(runner, RayExecutor):
+        raise ValueError(f"tokenize: executor must be 'local', 'ray' or a RayExecutor, got {executor!r}")
+    presents = [_present_indices(builder.catalog, f.id) for f in todo]
+    calls = [
+        (
+            k,
+            f.path,
+            (
+                spec,
+                builder.add_bos,
+                builder.add_eos,
+                str(builder.text_ref),
+                fingerprint,
+                f,
+                presents[k],
+                builder.catalog.read_index(f.id),
+                dtype_name,
+                batch_size,
+            ),
+        )
+        for k, f in enumerate(todo)
+    ]
+
+    def deliver(k: int, result: _EncodedFile) -> None:
+        f = todo[k]
+        builder.write_remote(f, presents[k], result)
+        state.path = f.path
+        state.files_done += 1
+        state.samples_done += len(presents[k])
+        state.tokens += int(result.tokens.size)
+        if progress is not None:
+            progress(TokenizeProgress(**asdict(state)))
+
+    runner.run_tokenize(tokenize_task, calls, deliver)
 
 
 __all__ = [
