@@ -35,6 +35,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 
+#: Pages that train models in several processes (about a minute each on 2 cores): the slow step of CI.
+SLOW = {"guides/pytorch.md", "guides/lightning.md", "guides/hf.md"}
+
 #: Pages whose code blocks another test runs, and which one.
 ELSEWHERE = {
     "torchtitan.md": "tests/test_torchtitan.py (test_guide_*): blocks marked <!-- guide:... -->",
@@ -152,7 +155,14 @@ def guide_pages() -> list[Path]:
     )
 
 
-@pytest.mark.parametrize("page", guide_pages(), ids=lambda p: str(p.relative_to(DOCS)))
+def page_params() -> list[object]:
+    return [
+        pytest.param(p, id=str(p.relative_to(DOCS)), marks=[pytest.mark.slow] if str(p.relative_to(DOCS)) in SLOW else [])
+        for p in guide_pages()
+    ]
+
+
+@pytest.mark.parametrize("page", page_params())
 def test_page_runs(page: Path, tmp_path: Path) -> None:
     page_steps = steps(blocks(page))
     proc = run_page(page_steps, tmp_path)
