@@ -22,9 +22,11 @@ the block that broke.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -130,7 +132,7 @@ print("----- done", flush=True)
 """
 
 
-def run_page(page_steps: list[dict[str, object]], tmp: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def run_page(page_steps: list[dict[str, object]], tmp: Path, timeout: float = 280) -> subprocess.CompletedProcess[str]:
     work = tmp / "work"
     work.mkdir()
     (tmp / "steps.json").write_text(json.dumps(page_steps))
@@ -139,14 +141,26 @@ def run_page(page_steps: list[dict[str, object]], tmp: Path, timeout: float = 60
     env.pop("MIXTERA_DB", None)
     # nothing is downloaded: a page that tries fails here instead of depending on a network
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
-    return subprocess.run(
-        [sys.executable, "-c", RUNNER, str(tmp / "steps.json")],
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    # Output goes to files, not pipes: a process the page leaves running (a server) would keep a
+    # pipe open. The runner gets a session of its own, and whatever is left of it is killed.
+    with open(tmp / "stdout.txt", "w") as out_f, open(tmp / "stderr.txt", "w") as err_f:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", RUNNER, str(tmp / "steps.json")],
+            cwd=work,
+            env=env,
+            stdout=out_f,
+            stderr=err_f,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            proc.wait(timeout=timeout)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    out, err = (tmp / "stdout.txt").read_text(), (tmp / "stderr.txt").read_text()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def guide_pages() -> list[Path]:
