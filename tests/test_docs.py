@@ -9,7 +9,7 @@ mkdocstrings generates, and the pages in :data:`ELSEWHERE`):
   itself (the demo corpus, or small files its blocks write).
 - A block right after ``<!-- docs:file NAME -->`` is written to ``NAME`` in that directory at its
   place in the order instead (a training script, a plugin module, a config file); a later
-  block runs it.
+  block runs or imports it where it is code.
 - A ```` ```bash ```` block needs a marker: ``<!-- docs:run -->`` runs it with ``bash -euo pipefail``
   in that directory at its place in the order; ``<!-- docs:show -->`` marks a command a test
   machine cannot run (several GPUs, another machine, a package index), which is shown only.
@@ -81,7 +81,14 @@ def blocks(path: Path) -> list[Block]:
         prev = next((lines[j].strip() for j in range(start - 1, -1, -1) if lines[j].strip()), "")
         mk = MARKER.match(prev)
         out.append(
-            Block(rel, start + 1, m["lang"], "\n".join(body) + "\n", mk["kind"] if mk else None, mk["arg"] if mk else "")
+            Block(
+                rel,
+                start + 1,
+                m["lang"],
+                "\n".join(body) + "\n",
+                mk["kind"] if mk else None,
+                mk["arg"] if mk else "",
+            )
         )
         i += 1
     return out
@@ -101,14 +108,20 @@ def steps(page_blocks: list[Block]) -> list[dict[str, object]]:
             assert b.marker is None, f"{where}: python blocks always run; docs:{b.marker} is for bash blocks"
             out.append({"kind": "python", "where": where, "code": b.code})
         elif b.lang == "bash":
-            assert b.marker in ("run", "show"), f"{where}: a bash block needs <!-- docs:run --> or <!-- docs:show -->"
+            assert b.marker in ("run", "show"), (
+                f"{where}: a bash block needs <!-- docs:run --> or <!-- docs:show -->"
+            )
             if b.marker == "run":
                 out.append({"kind": "bash", "where": where, "code": b.code})
             else:
                 for script in re.findall(r"[\w./-]+\.py\b", b.code):
-                    assert script in written, f"{where}: shows {script}, which no docs:file block before it writes"
+                    assert script in written, (
+                        f"{where}: shows {script}, which no docs:file block before it writes"
+                    )
         else:
-            assert b.lang == "text", f"{where}: a ```{b.lang} block is neither run nor marked (see tests/test_docs.py)"
+            assert b.lang == "text", (
+                f"{where}: a ```{b.lang} block is neither run nor marked (see tests/test_docs.py)"
+            )
     return out
 
 
@@ -132,7 +145,9 @@ print("----- done", flush=True)
 """
 
 
-def run_page(page_steps: list[dict[str, object]], tmp: Path, timeout: float = 280) -> subprocess.CompletedProcess[str]:
+def run_page(
+    page_steps: list[dict[str, object]], tmp: Path, timeout: float = 280
+) -> subprocess.CompletedProcess[str]:
     work = tmp / "work"
     work.mkdir()
     (tmp / "steps.json").write_text(json.dumps(page_steps))
@@ -165,13 +180,19 @@ def run_page(page_steps: list[dict[str, object]], tmp: Path, timeout: float = 28
 
 def guide_pages() -> list[Path]:
     return sorted(
-        p for p in DOCS.rglob("*.md") if "reference" not in p.relative_to(DOCS).parts and p.name not in ELSEWHERE
+        p
+        for p in DOCS.rglob("*.md")
+        if "reference" not in p.relative_to(DOCS).parts and p.name not in ELSEWHERE
     )
 
 
 def page_params() -> list[object]:
     return [
-        pytest.param(p, id=str(p.relative_to(DOCS)), marks=[pytest.mark.slow] if str(p.relative_to(DOCS)) in SLOW else [])
+        pytest.param(
+            p,
+            id=str(p.relative_to(DOCS)),
+            marks=[pytest.mark.slow] if str(p.relative_to(DOCS)) in SLOW else [],
+        )
         for p in guide_pages()
     ]
 
@@ -180,7 +201,9 @@ def page_params() -> list[object]:
 def test_page_runs(page: Path, tmp_path: Path) -> None:
     page_steps = steps(blocks(page))
     proc = run_page(page_steps, tmp_path)
-    assert proc.returncode == 0, f"{page.relative_to(ROOT)} failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}"
+    assert proc.returncode == 0, (
+        f"{page.relative_to(ROOT)} failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}"
+    )
     assert proc.stdout.rstrip().endswith("----- done")
 
 
