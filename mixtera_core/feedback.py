@@ -42,7 +42,8 @@ def domain_loss_sums(
         )
     with torch.no_grad():
         losses = token_losses.detach().reshape(-1).to(torch.float64)
-        keys = key_ids.reshape(-1).to(torch.long)
+        # the batch's key ids may still be on the CPU while the losses are on an accelerator
+        keys = key_ids.reshape(-1).to(device=losses.device, dtype=torch.long)
         valid = keys >= 0
         if bool((keys[valid] >= num_keys).any()):
             raise ValueError(f"key ids must be < num_keys={num_keys}, got {int(keys.max())}")
