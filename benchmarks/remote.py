@@ -124,7 +124,10 @@ def main() -> None:
     ap.add_argument("--latency", type=float, default=20.0, help="ms added to every request")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--formats", default="jsonl,parquet,webdataset")
+    ap.add_argument("--block-kib", type=int, default=0, help="range request size (default: the library's)")
     args = ap.parse_args()
+    if args.block_kib:
+        storage.configure_io(block_size=args.block_kib << 10)
     print(f"Python {sys.version.split()[0]}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M')}")
     server = s3_server.MotoServer()
     proxies = {

@@ -767,12 +767,33 @@ def prefetch(
     every file of a chunk as soon as the chunk is planned, so all of them are fetched at once
     while earlier chunks are read. Failures are left to the read itself, which reports them."""
 
-    def run() -> None:
+    prefetch_all([(url, spans, expected)])
+
+
+def prefetch_all(
+    files: Sequence[tuple[str, Callable[[], Iterable[tuple[int, int]] | None], ObjectInfo | None]],
+) -> None:
+    """:func:`prefetch` for several files (a chunk's) in one background task: the files this
+    process has open already are handled in it, one after the other (working out spans costs
+    microseconds); each file still to be opened (a metadata request) gets a task of its own,
+    so those requests go out at once."""
+
+    def one(
+        url: str, spans: Callable[[], Iterable[tuple[int, int]] | None], expected: ObjectInfo | None
+    ) -> None:
         with contextlib.suppress(Exception):
             h = _handle(url, expected)
             wanted = spans()
             if wanted:
                 _schedule(h, wanted)
+
+    def run() -> None:
+        for url, spans, expected in files:
+            known = expected if expected is not None else _KNOWN.get(url)
+            if known is not None and (url, known.version, known.size) in _HANDLES:
+                one(url, spans, expected)
+            else:
+                _prepare_pool().submit(one, url, spans, expected)
 
     _prepare_pool().submit(run)
 

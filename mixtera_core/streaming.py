@@ -128,17 +128,17 @@ class _FileReaders:
     def prepare(self, chunk: Chunk) -> None:
         """Start fetching the chunk's remote files (all of them at once, in the background) so
         that its read finds their bytes in memory; local files need nothing."""
+        files = []
         for file_id, ranges in file_ranges(chunk).items():
             entry = self.job.files[file_id]
             if not storage.is_remote(entry.path):
                 continue
             fmt = self.plugins.format(entry.format)
             expected = None if entry.fingerprint is None else entry.fingerprint.object_info()
-            storage.prefetch(
-                entry.path,
-                functools.partial(fmt.byte_spans, entry.path, ranges, entry.read_index),
-                expected,
-            )
+            spans = functools.partial(fmt.byte_spans, entry.path, ranges, entry.read_index)
+            files.append((entry.path, spans, expected))
+        if files:
+            storage.prefetch_all(files)
 
     def read(self, file_id: int, ranges: list[tuple[int, int]]) -> Iterator[tuple[int, Any]]:
         entry = self.job.files[file_id]
