@@ -468,7 +468,9 @@ def test_a_finite_job_is_trained_once_and_the_trainer_stops(hclient, small_bpe, 
         Holdout(0.015, seed=1), tokenizer=("hf", str(small_bpe)), seq_len=SEQ, chunk_size=4, on_exhausted="stop",
     )  # fmt: skip
     expected = [s.tokens[:-1].tolist() for s in JobStream(hclient.job(eval_id))]
-    assert 30 < len(expected) < 300
+    # the split hashes file paths, and the corpus lies in a new temporary directory every run: the
+    # eval set's size varies from run to run (14 to ~100 sequences seen); batches of 3 need a few
+    assert 8 <= len(expected) < 300
     model = gpt2()
     seen = Forwards(model)
     trainer = plain_trainer(
