@@ -358,7 +358,8 @@ class WebDatasetFormat(DatasetFormat):
         ext_ids, offs, sizes = arrays["member_ext"], arrays["member_offset"], arrays["member_size"]
         skipped = frozenset(arrays["skipped"].tolist())
         with storage.open_input(path) as f:
-            storage.will_need(f, _member_spans(ranges, n, arrays))  # a remote tar: all at once
+            if storage.is_remote(path):  # a remote tar: its members fetched at once
+                storage.will_need(f, _member_spans(ranges, n, arrays))
             for a, b in ranges:
                 for idx in range(max(int(a), 0), min(int(b), n)):
                     if idx in skipped:
